@@ -1,0 +1,68 @@
+"""The `storyreel` command as a user runs it (typer's CliRunner, in-process)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from storyreel.cli import app
+from storyreel.media import read_video, video_info
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("name", ["meeting-2shots.yaml", "meeting-4shots.yaml", "chase-8shots.yaml"])
+def test_validate_examples_ok(name):
+    result = runner.invoke(app, ["validate", str(EXAMPLES / name)])
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.output
+
+
+def test_validate_reports_every_problem_with_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "global: {characters: [{id: 1, description: a red circle}], setting: a slate room}\n"
+        "shots:\n  - prompt: Wide shot of Character 3.\n    frames: -1\n"
+        "settings: {resolution: [60, 64]}\n"
+    )
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    out = result.output
+    assert "shots[0].prompt" in out and "Character 3" in out
+    assert "shots[0].frames" in out
+    assert "settings.resolution" in out and "[width, height]" in out  # markup must not eat brackets
+
+
+def test_data_render_writes_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["data", "render", str(EXAMPLES / "meeting-2shots.yaml"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    scene = json.loads((out / "scene.json").read_text())
+    assert scene["n_shots"] == 2 and len(scene["shots"]) == 2
+    assert (out / "storyboard.png").stat().st_size > 1000
+    assert video_info(out / "scene.mp4")["frames"] == 32
+    shot = read_video(out / "shots" / "02.mp4")
+    assert shot.shape == (16, 64, 64, 3)
+
+
+def test_data_render_rejects_words_outside_the_vocabulary(tmp_path):
+    script = tmp_path / "s.yaml"
+    script.write_text(
+        "global: {characters: [{id: 1, description: a teal dragon}], setting: a slate room}\n"
+        "shots: [{prompt: Wide shot of Character 1 jumping.}]\n"
+    )
+    result = runner.invoke(app, ["data", "render", str(script), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "global.characters[0].description" in result.output
+    assert "red" in result.output and "circle" in result.output  # lists the vocabulary
+    assert not (tmp_path / "o" / "scene.json").exists()
+
+
+def test_data_synth_small(tmp_path):
+    out = tmp_path / "ds"
+    result = runner.invoke(app, ["data", "synth", "--scenes", "3", "--out", str(out), "--per-shard", "2", "--shots", "2"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and sum(s["scenes"] for s in manifest["shards"]) == 3
