@@ -135,8 +135,8 @@ def test_dump_rejects_unknown_extension(tmp_path: Path) -> None:
 def test_examples_load_and_use_storyworld_vocabulary(name: str) -> None:
     s = load_script(EXAMPLES / name)
     grammar = re.compile(
-        r"^(Wide shot|Medium shot|Close-up) of Character \d+( (?P<ev>enters|exits|moving (left|right|up|down)|jumping"
-        r"|growing|shrinking|standing still))?( and Character \d+ (enters|exits|moving (left|right|up|down)|jumping"
+        r"^(Wide shot|Medium shot|Close-up) of Character \d+( (?P<ev>entering|exiting|moving (left|right|up|down)|jumping"
+        r"|growing|shrinking|standing still))?( and Character \d+ (entering|exiting|moving (left|right|up|down)|jumping"
         r"|growing|shrinking|standing still))?\.$"
     )
     colours = "red|green|blue|yellow|magenta|cyan|orange|purple|pink|white"
