@@ -6,6 +6,7 @@ that names the problem and the fix when something is wrong.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+# Busy-waiting OpenMP threads slow torch down badly on small shared CPUs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = typer.Typer(
     name="storyreel",

@@ -2,6 +2,9 @@
 
 import os
 
+# With two cores shared by several processes, busy-waiting OpenMP threads slow torch down badly.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 import torch
