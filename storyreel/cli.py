@@ -129,6 +129,23 @@ def data_synth(
     console.print(f"[green]wrote[/] {scenes} scenes to {path}", highlight=False)
 
 
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def train(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML path, or a name in configs/: debug, vae-small, scene-small, scene-small-causal.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one recipe value, e.g. --set train.steps=2000 (repeatable).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a run exactly from its folder or a checkpoint.")] = None,
+) -> None:
+    """Train a model from a recipe (multi-GPU: torchrun --nproc-per-node N -m storyreel.train RECIPE)."""
+    from storyreel.data import DatasetError
+    from storyreel.train import CheckpointError, NonFiniteLossError, RecipeError, run_from_config
+
+    try:
+        result = run_from_config(recipe, list(set_ or []), resume)
+    except (RecipeError, CheckpointError, DatasetError, NonFiniteLossError, FileNotFoundError) as err:
+        _fail(str(err))
+    console.print(f"[green]done[/]: step {result.step}, EMA model in {result.model_dir}", highlight=False)
+
+
 @app.command()
 def demo(
     script: Annotated[Path, typer.Option(help="Scene script to run.")] = Path("examples/meeting-4shots.yaml"),
