@@ -23,6 +23,7 @@ from torch import Tensor
 from storyreel.data import select_shots
 from storyreel.diffusion import sample_train_timesteps
 from storyreel.nn.embeddings import patch_grid
+from storyreel.scene_inputs import encode_context, encode_pixels, scene_layout, segment_prompts
 from storyreel.train.config import DataConfig, ScheduleConfig, StageConfig, TimestepConfig
 from storyreel.train.scenes import SceneIndex, SceneOrder
 
@@ -211,14 +212,6 @@ class TrainBatch:
         return self
 
 
-def _pad_states(states: Tensor, length: int) -> Tensor:
-    """``[N, L, D]`` → ``[N, length, D]`` (truncate or zero-pad)."""
-    if states.shape[1] >= length:
-        return states[:, :length]
-    pad = states.new_zeros(states.shape[0], length - states.shape[1], states.shape[2])
-    return torch.cat([states, pad], dim=1)
-
-
 class BatchBuilder:
     """Builds :class:`TrainBatch` es for (step, micro-batch) on one rank.
 
@@ -291,39 +284,22 @@ class BatchBuilder:
         ae_device = next((p.device for p in self.autoencoder.parameters()), self.device) if hasattr(self.autoencoder, "parameters") else self.device
         for j in range(n):
             video = torch.stack([it["frames"][j] for it in items])  # [B, F, 3, H, W] uint8
-            video = video.permute(0, 2, 1, 3, 4).to(ae_device, torch.float32) / 127.5 - 1.0  # [B, 3, F, H, W] in [-1, 1]
-            z = self.autoencoder.encode(video).float().cpu() * self.latent_scale  # [B, C, T', h, w]
+            z = encode_pixels(self.autoencoder, video, latent_scale=self.latent_scale, device=ae_device)  # [B, C, T', h, w]
             parts.append(z)
             frames.append(int(z.shape[2]))
             grids.append(patch_grid(tuple(z.shape[2:]), self.patch_size, what=f"latent of shot {j}"))
         return torch.cat(parts, dim=2), frames, grids  # [B, C, T_total, h, w]
 
     def _layout(self, grids: list[tuple[int, int, int]], plan: StepPlan) -> Any:
-        from storyreel.nn.layout import Modality, SequenceLayout
-
-        return SequenceLayout.scene(
-            text_lens=[self.text_len] * len(grids), video_grids=grids,
-            global_text_len=self.text_len if self.data.global_prompt else 0,
-            visual_modalities=[Modality.IMAGE if img else Modality.VIDEO for img in plan.image_shots],
-        )
+        return scene_layout(grids, text_len=self.text_len, global_prompt=self.data.global_prompt, image_shots=plan.image_shots)
 
     def _context(self, items: list[dict[str, Any]], dropped: np.ndarray, layout: Any) -> tuple[Tensor, list[list[str]]]:
         """Text states ``[B, L_text_total, D]`` in layout order (global prompt: shot −1); dropped samples get ''."""
-        prompts: list[list[str]] = []
-        flat: list[str] = []
-        text_segs = layout.text_segments()
-        for it, drop in zip(items, dropped):
-            per = []
-            for seg in text_segs:
-                s = layout.segments[seg].shot
-                text = it["global_prompt"] if s < 0 else it["shot_prompts"][s]
-                per.append("" if drop else text)
-            prompts.append(per)
-            flat.extend(per)
-        states = self.text_encoder.encode(flat).states.float().cpu()  # [B * S_text, L, D]
-        states = _pad_states(states, self.text_len)  # [B * S_text, text_len, D]
-        b, s = len(items), len(text_segs)
-        return states.reshape(b, s * self.text_len, states.shape[-1]), prompts  # [B, S_text * text_len, D]
+        prompts = [
+            segment_prompts(layout, global_prompt=it["global_prompt"], shot_prompts=it["shot_prompts"], drop=bool(drop))
+            for it, drop in zip(items, dropped)
+        ]
+        return encode_context(self.text_encoder, prompts, text_len=self.text_len), prompts  # [B, S_text * text_len, D]
 
 
 
