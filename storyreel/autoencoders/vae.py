@@ -101,6 +101,10 @@ VAE_CONFIGS: dict[str, VAEConfig] = {
     "debug": VAEConfig(base_channels=8, channel_multipliers=(1, 1, 2, 2), latent_channels=4, norm_groups=4),
     "tiny": VAEConfig(base_channels=16, channel_multipliers=(1, 2, 2, 4), latent_channels=8, norm_groups=8),
     "small": VAEConfig(base_channels=32, channel_multipliers=(1, 2, 2, 3), latent_channels=16, norm_groups=8),
+    # the shipped default: 4x spatial keeps StoryWorld's fine patterns (dots, stripes) that 8x blurs away
+    "small-4x": VAEConfig(
+        base_channels=32, channel_multipliers=(1, 2, 4), latent_channels=8, spatial_downsample=4, norm_groups=8
+    ),
 }
 
 

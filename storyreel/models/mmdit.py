@@ -114,6 +114,8 @@ MODELS: dict[str, MMDiTConfig] = {
     "tiny": MMDiTConfig(in_channels=16, hidden=128, depth=4, heads=4, text_dim=384, text_len=32),
     # the CPU demo size (MiniLM text states, 16-channel VAE latents)
     "small": MMDiTConfig(in_channels=16, hidden=384, depth=10, heads=6, text_dim=384, text_len=32),
+    # the shipped default: 4x-spatial 8-channel VAE latents, patch 2x2, MiniLM states (48 tokens per prompt)
+    "compact": MMDiTConfig(in_channels=8, hidden=192, depth=6, heads=3, text_dim=384, text_len=48),
     "base": MMDiTConfig(in_channels=16, hidden=768, depth=16, heads=12, text_dim=384, text_len=64, max_shots=16),
 }
 

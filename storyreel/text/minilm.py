@@ -105,7 +105,7 @@ class MiniLMEncoder(TextEncoder):
         hf_logging.disable_progress_bar()  # no "Loading weights" bar in the CLI's output
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            model = AutoModel.from_pretrained(str(path), local_files_only=True)
+            model = AutoModel.from_pretrained(str(path), local_files_only=True).float()  # fp32 even from a half-precision copy
         except OSError as err:
             raise ImportError(
                 f"cannot load all-MiniLM-L6-v2 from {path}: {err}. The package files look damaged; "

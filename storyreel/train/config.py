@@ -181,9 +181,11 @@ class TrainConfig:
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     vae_loss: dict[str, Any] = field(default_factory=dict)  # kind=vae: keyword arguments of vae_loss
+    max_minutes: float | None = None  # wall-clock budget: checkpoint, export and stop once it is spent
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", self.steps, "need >= 1")
+        _check(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes", self.max_minutes, "use null or > 0")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "need >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, "need >= 1")
         _check(self.lr > 0, "train.lr", self.lr, "need > 0")

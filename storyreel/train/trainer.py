@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -325,7 +326,12 @@ class Trainer:
                 enabled=self.rank == 0, progress=out.progress, tensorboard=out.tensorboard, peak=peak_flops(self.device),
                 world_size=self.world_size,
             )
+        budget = self.recipe.train.max_minutes
+        started = time.monotonic()
         while self.step < total:
+            if budget is not None and self._out_of_time(started, budget):
+                self.save()
+                break
             metrics = self.train_step()
             tokens, flops = metrics.pop("_tokens"), metrics.pop("_flops")
             rec = self.logger.step(self.step, metrics, tokens=tokens, flops=flops)
@@ -334,6 +340,13 @@ class Trainer:
                 self.save()
                 self.logger.reset_timer()
             yield rec or {"step": self.step, **metrics}
+
+    def _out_of_time(self, started: float, budget_minutes: float) -> bool:
+        """Whether the wall-clock budget is spent (rank 0 decides, so every rank stops at the same step)."""
+        flag = torch.tensor([float(time.monotonic() - started > 60.0 * budget_minutes)], device=self.device)
+        if self.world_size > 1 and dist.is_initialized():
+            dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def fit(self) -> list[dict[str, Any]]:
         """Train to ``train.steps``; write the final EMA model to ``<run>/model``; return per-step metrics of this session."""
