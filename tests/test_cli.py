@@ -66,3 +66,28 @@ def test_data_synth_small(tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and sum(s["scenes"] for s in manifest["shards"]) == 3
+
+
+def test_generate_with_debug_model_writes_outputs(tmp_path):
+    out = tmp_path / "gen"
+    result = runner.invoke(app, ["generate", str(EXAMPLES / "meeting-2shots.yaml"), "-o", str(out), "--model", "debug", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    scene = json.loads((out / "scene.json").read_text())
+    assert len(scene["shots"]) == 2
+    assert read_video(out / "shots" / "01.mp4").shape[0] == 16
+
+
+def test_generate_reports_bad_requests_before_compute(tmp_path):
+    result = runner.invoke(app, ["generate", str(EXAMPLES / "meeting-2shots.yaml"), "-o", str(tmp_path / "g"), "--model", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+    assert not (tmp_path / "g" / "shots").exists()
+
+
+def test_shipped_default_pipeline_loads():
+    from storyreel.pipelines.scene import ScenePipeline
+
+    pipe = ScenePipeline.from_pretrained("default")
+    assert pipe.causal is not None
+    assert pipe.scene.config.max_shots >= 4
+    assert pipe.text_encoder.max_length == pipe.scene.config.text_len
