@@ -1,0 +1,99 @@
+"""Generation timings of the shipped default (or any pipeline): the demo budget, and the causal KV cache.
+
+    python benchmarks/generation.py --out benchmarks/results/generation.md            # CPU
+    python benchmarks/generation.py --device cuda --out benchmarks/results/generation-gpu.md
+
+Measures (1) the `make demo` job: the 4-shot example in its default mode and steps, wall time of
+generation only (model already loaded); (2) per-shot time of the first and last shot of an 8-shot
+scene in `causal` mode with the KV cache and without it (history recomputed every step);
+(3) `autoregressive` vs `joint` total time on the 4-shot example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from storyreel.pipelines.scene import GenerationEvent, ScenePipeline  # noqa: E402
+from storyreel.script import load_script  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed_generate(pipe: ScenePipeline, script, **kw) -> tuple[float, list[float]]:
+    """Total seconds and per-shot seconds (time between consecutive "shot" events)."""
+    marks: list[float] = []
+
+    def on_event(ev: GenerationEvent) -> None:
+        if ev.kind == "shot":
+            marks.append(time.perf_counter())
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    pipe.generate(script, callback=on_event, **kw)
+    sync()
+    total = time.perf_counter() - t0
+    per_shot = [b - a for a, b in zip([t0, *marks[:-1]], marks)]
+    return total, per_shot
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    pipe = ScenePipeline.from_pretrained(args.model, device=args.device)
+    demo = load_script(ROOT / "examples" / "meeting-4shots.yaml")
+    chase = load_script(ROOT / "examples" / "chase-8shots.yaml")
+    steps = args.steps or pipe.defaults.steps
+
+    timed_generate(pipe, demo, steps=2)  # warm-up: loads the text encoder, builds attention plans
+    rows = []
+    demo_s, _ = timed_generate(pipe, demo, steps=steps)
+    rows.append(("demo: 4 shots, joint (default mode)", f"{demo_s:.1f} s", "≤ 60 s on 2 CPU cores"))
+    ar_s, _ = timed_generate(pipe, demo, steps=steps, mode="autoregressive")
+    rows.append(("4 shots, autoregressive", f"{ar_s:.1f} s", f"{ar_s / demo_s:.2f}× joint"))
+    with_cache, shots_c = timed_generate(pipe, chase, steps=steps, mode="causal", kv_cache=True)
+    without, shots_n = timed_generate(pipe, chase, steps=steps, mode="causal", kv_cache=False)
+    rows.append(("8 shots, causal with KV cache", f"{with_cache:.1f} s",
+                 f"shot 1 {shots_c[0]:.2f} s, shot 8 {shots_c[-1]:.2f} s (shot 8 / shot 1 = {shots_c[-1] / shots_c[0]:.2f}×)"))
+    rows.append(("8 shots, causal without cache", f"{without:.1f} s",
+                 f"shot 1 {shots_n[0]:.2f} s, shot 8 {shots_n[-1]:.2f} s (cache speed-up on shot 8: {shots_n[-1] / shots_c[-1]:.2f}×)"))
+
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    lines = [
+        "# Generation timings",
+        "",
+        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {dev}; python {platform.python_version()}, torch {torch.__version__}",
+        f"- load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
+        f"- model: {pipe.name}; steps {steps}, guidance {pipe.defaults.guidance}, solver {pipe.defaults.solver}; generation only (model loaded, after a warm-up run)",
+        "- command: `python benchmarks/generation.py" + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
+        "",
+        "| job | wall time | notes |",
+        "| --- | --- | --- |",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
