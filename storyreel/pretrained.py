@@ -53,6 +53,20 @@ def config_from_dict(config_class: type, data: dict[str, Any], *, source: str = 
     return config_class(**kwargs)
 
 
+def state_mismatches(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], *, source_word: str = "file", target_word: str = "model"
+) -> tuple[list[str], list[str], list[str]]:
+    """``(missing, unexpected, shape mismatches)`` between a loaded state dict and the one a model expects."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: {source_word} {tuple(state[k].shape)} vs {target_word} {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    return missing, unexpected, shapes
+
+
 class PretrainedMixin:
     """Adds ``save_pretrained(dir)`` / ``from_pretrained(dir)`` to an ``nn.Module`` with a dataclass config."""
 
@@ -104,14 +118,7 @@ class PretrainedMixin:
             state = load_file(str(weights), device=str(device))
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"cannot read {weights}: {err}. The file is corrupt or truncated; re-save it.") from err
-        own = model.state_dict()  # type: ignore[attr-defined]
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shape_bad = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in sorted(set(own) & set(state))
-            if tuple(state[k].shape) != tuple(own[k].shape)
-        ]
+        missing, unexpected, shape_bad = state_mismatches(state, model.state_dict())  # type: ignore[attr-defined]
         if missing or unexpected or shape_bad:
             raise CheckpointError(
                 f"{weights} does not match {cls.__name__}({config}): "

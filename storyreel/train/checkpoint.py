@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from storyreel.pretrained import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, config_to_dict
+from storyreel.pretrained import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, config_to_dict, state_mismatches
 from storyreel.utils import atomic_path, atomic_write
 
 __all__ = [
@@ -284,13 +284,7 @@ def check_state_matches(
     state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], *, source: Path, what: str = "model"
 ) -> None:
     """Raise CheckpointError naming ``source`` when keys or shapes differ from ``expected``."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs {what} {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
+    missing, unexpected, shapes = state_mismatches(state, expected, source_word="checkpoint", target_word=what)
     if missing or unexpected or shapes:
         parts = []
         if missing:
