@@ -24,8 +24,9 @@ app = typer.Typer(
     help=(
         "Long-form, multi-shot narrative video generation.\n\n"
         "Write a scene script (a global prompt with characters and setting, then one prompt per shot), "
-        "check it with `storyreel validate`, render its StoryWorld ground truth with `storyreel data render`, "
-        "or make training data with `storyreel data synth`."
+        "check it with `storyreel validate`, turn it into video with `storyreel generate`, render its StoryWorld "
+        "ground truth with `storyreel data render`, make training data with `storyreel data synth` and train "
+        "models with `storyreel train`. `storyreel demo` runs the example on the shipped default."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -233,7 +234,16 @@ def info() -> None:
     import storyreel
 
     console.print(f"storyreel {storyreel.__version__}  python {platform.python_version()}  torch {torch.__version__}")
+    from storyreel.autoencoders import AUTOENCODERS
+    from storyreel.models import MODELS
+    from storyreel.nn import BACKENDS, POLICY_NAMES
+    from storyreel.text import TEXT_ENCODERS
+
     console.print(f"cuda: {torch.cuda.is_available()}  threads: {torch.get_num_threads()}")
+    console.print(f"models: {', '.join(MODELS)}", highlight=False)
+    console.print(f"autoencoders: {', '.join(AUTOENCODERS)}", highlight=False)
+    console.print(f"text encoders: {', '.join(TEXT_ENCODERS)}", highlight=False)
+    console.print(f"attention policies: {', '.join(POLICY_NAMES)}; backends: {', '.join(BACKENDS)}", highlight=False)
 
 
 def main() -> None:
