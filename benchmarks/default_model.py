@@ -1,0 +1,103 @@
+"""Quality of a scene pipeline on held-out StoryWorld scripts, from pixels alone.
+
+    python benchmarks/default_model.py --n 50 --out benchmarks/results/default-model.md
+
+Held-out set: `sample_scene(10_000_000 + i, n_shots=4)` turned into scripts (no training scene uses
+these seeds: training data is `synth_storyworld(seed=0)`, whose scene seeds are drawn by
+`SeedSequence`). Modes: `joint`, `causal` (KV cache), and the per-shot baseline (each shot generated
+on its own from its prompt and the global prompt, no other shots). Ground-truth renders are scored
+with the same metrics as the upper bound. Metrics: `storyreel.eval` (docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from storyreel.eval import pool_scores, score_scene, summarize  # noqa: E402
+from storyreel.pipelines.scene import ScenePipeline  # noqa: E402
+from storyreel.world import render_script, sample_scene, scene_to_script  # noqa: E402
+
+KEYS = ("identity_fidelity", "appearance_consistency", "text_shot_alignment", "shape_fidelity", "setting_consistency")
+HELD_OUT_BASE = 10_000_000
+
+
+def held_out(n: int):
+    return [scene_to_script(sample_scene(HELD_OUT_BASE + i, n_shots=4)) for i in range(n)]
+
+
+def per_shot(pipe: ScenePipeline, script, steps: int):
+    """Each shot alone: a 1-shot script with the same global prompt and seed."""
+    videos = []
+    for i, shot in enumerate(script.shots):
+        single = script.model_copy(update={"shots": [shot.model_copy(update={"cut": True, "history": None})]})
+        single = single.model_copy(update={"settings": script.settings.model_copy(update={"seed": script.settings.seed + i})})
+        videos.append(pipe.generate(single, mode="joint", steps=steps).videos[0])
+    return videos
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n", type=int, default=50, help="held-out scripts (4 shots each)")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    pipe = ScenePipeline.from_pretrained(args.model, device=args.device)
+    steps = args.steps or pipe.defaults.steps
+    scripts = held_out(args.n)
+    results: dict[str, list] = {"ground truth": [], "joint": [], "causal (KV cache)": [], "per-shot baseline": []}
+    t0 = time.perf_counter()
+    for k, script in enumerate(scripts):
+        results["ground truth"].append(score_scene([s.frames for s in render_script(script).shots], script))
+        results["joint"].append(score_scene(pipe.generate(script, mode="joint", steps=steps).videos, script))
+        if pipe.causal is not None:
+            results["causal (KV cache)"].append(score_scene(pipe.generate(script, mode="causal", steps=steps).videos, script))
+        results["per-shot baseline"].append(score_scene(per_shot(pipe, script, steps), script))
+        print(f"{k + 1}/{len(scripts)} scripts, {time.perf_counter() - t0:.0f} s", flush=True)
+
+    lines = [
+        "# Shipped default: quality on held-out StoryWorld scripts",
+        "",
+        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, torch {torch.__version__}, device {args.device}",
+        f"- model: {pipe.name}; {args.n} held-out scripts of 4 shots (seeds {HELD_OUT_BASE}…{HELD_OUT_BASE + args.n - 1}); "
+        f"steps {steps}, guidance {pipe.defaults.guidance}; wall time {time.perf_counter() - t0:.0f} s",
+        f"- command: `python benchmarks/default_model.py --n {args.n}`",
+        "- metrics from pixels alone (`storyreel.eval`, docs/evaluation.md); pattern distribution = share of characters "
+        "(first appearance) detected solid / dots / stripes; StoryWorld draws each with probability 1/3",
+        "",
+        "| | " + " | ".join(KEYS) + " | pattern distribution (solid/dots/stripes) |",
+        "| --- |" + " --- |" * (len(KEYS) + 1),
+    ]
+    for name, scores in results.items():
+        if not scores:
+            lines.append(f"| {name} | " + " | ".join("not run" for _ in KEYS) + " | |")
+            continue
+        pooled = pool_scores(scores)
+        s = summarize(pooled)
+        counts = pooled["pattern_distribution"].totals  # characters detected per pattern at first appearance
+        total = sum(counts.values())
+        dist_txt = (" / ".join(f"{counts.get(p, 0.0) / total:.2f}" for p in ("solid", "dots", "stripes")) + f" (n={total:.0f})"
+                    if total else "none detected")
+        lines.append(f"| {name} | " + " | ".join(f"{s.get(k, float('nan')):.3f}" for k in KEYS) + f" | {dist_txt} |")
+    lines += ["", "Targets (issue: shipped default): identity fidelity ≥ 0.9 in every mode; appearance consistency ≥ 0.85 for "
+              "joint and causal and clearly above the per-shot baseline; pattern distribution within ±0.1 of StoryWorld's draw.", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
