@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from storyreel.eval import pool_scores, score_scene, summarize  # noqa: E402
 from storyreel.pipelines.scene import ScenePipeline  # noqa: E402
@@ -70,7 +71,7 @@ def main() -> None:
     lines = [
         "# Shipped default: quality on held-out StoryWorld scripts",
         "",
-        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, torch {torch.__version__}, device {args.device}",
+        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu_name()}, torch {torch.__version__}, device {args.device}",
         f"- model: {pipe.name}; {args.n} held-out scripts of 4 shots (seeds {HELD_OUT_BASE}…{HELD_OUT_BASE + args.n - 1}); "
         f"steps {steps}, guidance {pipe.defaults.guidance}; wall time {time.perf_counter() - t0:.0f} s",
         f"- command: `python benchmarks/default_model.py --n {args.n}`",

@@ -22,6 +22,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from storyreel.pipelines.scene import GenerationEvent, ScenePipeline  # noqa: E402
 from storyreel.script import load_script  # noqa: E402
 
@@ -73,7 +75,7 @@ def main() -> None:
     rows.append(("8 shots, causal without cache", f"{without:.1f} s",
                  f"shot 1 {shots_n[0]:.2f} s, shot 8 {shots_n[-1]:.2f} s (cache speed-up on shot 8: {shots_n[-1] / shots_c[-1]:.2f}×)"))
 
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cpu_name()}, {torch.get_num_threads()} threads"
     lines = [
         "# Generation timings",
         "",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from storyreel.memory.goldenmem import PHI, goldenmem_sizes  # noqa: E402
 from storyreel.nn.layout import Modality, Segment, SequenceLayout  # noqa: E402
@@ -98,7 +99,7 @@ def main() -> None:
             row += [str(layout.seq_len), str(hist), f"{ms:.0f}"]
         rows.append(row)
         print(" | ".join(row), flush=True)
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cpu_name()}, {torch.get_num_threads()} threads"
     lines = [
         "# GoldenMem: history cost with and without compression",
         "",

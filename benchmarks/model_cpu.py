@@ -26,18 +26,10 @@ from storyreel.models import MultiShotMMDiT, get_model_config
 from storyreel.nn.layout import SequenceLayout
 from storyreel.utils import atomic_write
 
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 N_SHOTS, TEXT_LEN, TEXT_DIM, LATENT_C, LATENT_T = 4, 32, 384, 16, 5
 VARIANTS = {"8x spatial [16,5,8,8]": 8, "4x spatial [16,5,16,16]": 16}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def time_forward(model: MultiShotMMDiT, side: int, batch: int, repeats: int) -> tuple[float, float, int, int]:

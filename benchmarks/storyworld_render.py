@@ -23,24 +23,9 @@ import numpy as np
 from storyreel.utils import atomic_write
 from storyreel.world import render_scene, sample_scene
 
+from _machine import cores, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 RESULT = Path(__file__).resolve().parent / "results" / "storyworld-render.md"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _time_render(specs: list, repeats: int) -> tuple[float, float, float]:
@@ -108,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "# StoryWorld render speed",
         "",
         f"- date: {now}",
-        f"- machine: {_cpu_model()}, {_cores()} cores available ({platform.system()} {platform.machine()})",
+        f"- machine: {cpu_name()}, {cores()} cores available ({platform.system()} {platform.machine()})",
         f"- python {platform.python_version()}, numpy {np.__version__}",
         f"- method: `python benchmarks/storyworld_render.py --scenes {args.scenes} --repeats {args.repeats}`;"
         f" {args.scenes} random scenes per row (seeds 0..{args.scenes - 1}, 2–8 shots each), ~2 s of"
