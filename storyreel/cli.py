@@ -190,6 +190,33 @@ def train(
     console.print(f"[green]done[/]: step {result.step}, EMA model in {result.model_dir}", highlight=False)
 
 
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `storyreel generate` or `storyreel data render`.")],
+    script: Annotated[Optional[Path], typer.Option(help="Score against this script instead of the one in scene.json.")] = None,
+) -> None:
+    """Score a run against its script from pixels (writes RUN_DIR/eval.json), next to the StoryWorld ground truth."""
+    from rich.table import Table
+
+    from storyreel.eval.run import evaluate_run
+    from storyreel.world import VocabularyError
+
+    try:
+        report = evaluate_run(run_dir, script=_load_script_or_exit(script) if script is not None else None)
+    except (VocabularyError, ValueError) as err:
+        _fail(str(err))
+    table = Table(title=f"{run_dir} ({report.get('mode') or 'render'})")
+    table.add_column("metric")
+    table.add_column("run", justify="right")
+    table.add_column("ground truth", justify="right")
+    for name, value in report["scores"].items():
+        truth = report["ground_truth"].get(name)
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        table.add_row(name, fmt(value), fmt(truth))
+    console.print(table)
+    console.print(f"wrote {run_dir / 'eval.json'}", highlight=False)
+
+
 @app.command()
 def demo(
     script: Annotated[Path, typer.Option(help="Scene script to run.")] = Path("examples/meeting-4shots.yaml"),

@@ -91,3 +91,30 @@ def test_shipped_default_pipeline_loads():
     assert pipe.causal is not None
     assert pipe.scene.config.max_shots >= 4
     assert pipe.text_encoder.max_length == pipe.scene.config.text_len
+
+
+def test_eval_scores_a_rendered_run_at_the_top_and_writes_eval_json(tmp_path):
+    out = tmp_path / "gt"
+    assert runner.invoke(app, ["data", "render", str(EXAMPLES / "meeting-2shots.yaml"), "-o", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["eval", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval.json").read_text())
+    assert report["scores"]["identity_fidelity"] == 1.0
+    assert report["scores"]["text_shot_alignment"] == 1.0
+    assert report["ground_truth"]["identity_fidelity"] == 1.0
+
+
+def test_eval_of_a_run_against_another_script_scores_lower(tmp_path):
+    out = tmp_path / "gt"
+    assert runner.invoke(app, ["data", "render", str(EXAMPLES / "meeting-2shots.yaml"), "-o", str(out)]).exit_code == 0
+    other = tmp_path / "other.yaml"
+    other.write_text((EXAMPLES / "meeting-2shots.yaml").read_text().replace("a red circle", "a green circle").replace("a blue square", "a yellow square"))
+    result = runner.invoke(app, ["eval", str(out), "--script", str(other)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "eval.json").read_text())["scores"]["identity_fidelity"] < 0.5
+
+
+def test_eval_needs_a_finished_run(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "scene.json" in result.output
