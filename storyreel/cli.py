@@ -10,11 +10,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from storyreel.script import SceneScript
 
 # Busy-waiting OpenMP threads slow torch down badly on small shared CPUs.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -72,12 +75,11 @@ def validate(
     )
 
 
-def render_to_dir(script_path: Path, out: Path) -> dict:
-    """Render a script's StoryWorld ground truth into the standard run folder layout."""
+def render_to_dir(script: SceneScript, out: Path) -> dict:
+    """Render a parsed script's StoryWorld ground truth into the standard run folder layout."""
     from storyreel.outputs import SceneWriter
     from storyreel.world import VocabularyError, render_script
 
-    script = _load_script_or_exit(script_path)
     try:
         rendered = render_script(script)
     except VocabularyError as err:
@@ -86,7 +88,7 @@ def render_to_dir(script_path: Path, out: Path) -> dict:
     prompts = [script.shot_prompt_text(i) for i in range(script.n_shots)]
     t0 = time.perf_counter()
     for i, shot in enumerate(rendered.shots):
-        writer.write_shot(i, shot.frames, prompt=prompts[i], meta={"boxes": [[b._asdict() if hasattr(b, "_asdict") else vars(b) for b in frame] for frame in shot.boxes]})
+        writer.write_shot(i, shot.frames, prompt=prompts[i], meta={"boxes": [[b.to_dict() for b in frame] for frame in shot.boxes]})
     meta = {
         "kind": "storyworld-render",
         "title": script.title,
@@ -104,7 +106,7 @@ def data_render(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (scene.mp4, shots/NN.mp4, storyboard.png, scene.json).")],
 ) -> None:
     """Render the StoryWorld ground-truth video of a script."""
-    render_to_dir(script, out)
+    render_to_dir(_load_script_or_exit(script), out)
     console.print(f"[green]wrote[/] {out}/scene.mp4, {out}/shots/, {out}/storyboard.png, {out}/scene.json", highlight=False)
 
 
@@ -151,7 +153,7 @@ def generate(
     from storyreel.pipelines.scene import GenerationError, generate_to_dir
     from storyreel.script import ScriptError
 
-    _load_script_or_exit(script)  # every script problem is listed before any model is loaded
+    parsed = _load_script_or_exit(script)  # every script problem is listed before any model is loaded
     options: dict = {"kv_cache": kv_cache}
     if history is not None:
         options["history"] = history
@@ -162,7 +164,7 @@ def generate(
     t0 = time.perf_counter()
     try:
         scene = generate_to_dir(
-            script, out, mode=mode, steps=steps, guidance=guidance, seed=seed, device=device, model=model,
+            parsed, out, mode=mode, steps=steps, guidance=guidance, seed=seed, device=device, model=model,
             resume=resume, overwrite=overwrite, progress=True, **options,
         )
     except (GenerationError, ScriptError) as err:
@@ -230,14 +232,14 @@ def demo(
     """
     from storyreel.pipelines.scene import GenerationError, generate_to_dir
 
-    _load_script_or_exit(script)
+    parsed = _load_script_or_exit(script)
     t0 = time.perf_counter()
     try:
-        scene = generate_to_dir(script, out, steps=steps, device="cpu", model="default", overwrite=True, progress=True)
+        scene = generate_to_dir(parsed, out, steps=steps, device="cpu", model="default", overwrite=True, progress=True)
     except GenerationError as err:
         _fail(str(err))
     gen_s = time.perf_counter() - t0
-    render_to_dir(script, out / "ground-truth")
+    render_to_dir(parsed, out / "ground-truth")
     n = len(scene.get("shots", []))
     console.print(f"[green]generated[/] {n} shots with the shipped default in {gen_s:.1f}s (CPU, {scene.get('mode', '?')} mode)", highlight=False)
     for name in ("scene.mp4", "storyboard.png", "scene.json"):
