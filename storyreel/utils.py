@@ -14,6 +14,11 @@ import numpy as np
 
 __all__ = ["atomic_path", "atomic_write", "seed_everything"]
 
+# The process umask, read once at import: os.umask can only be read by setting it, which is not
+# thread-safe (the trainer writes checkpoints while a prefetch thread runs).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, suffix: str | None = None) -> Iterator[Path]:
@@ -30,10 +35,7 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str | None = None) -> I
     )
     os.close(fd)
     tmp = Path(tmp_name)
-    # mkstemp creates 0600 files; give the result the usual permissions (0666 minus the umask)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600 files; give the usual permissions
     try:
         yield tmp
         os.replace(tmp, target)

@@ -342,10 +342,16 @@ class Trainer:
             yield rec or {"step": self.step, **metrics}
 
     def _out_of_time(self, started: float, budget_minutes: float) -> bool:
-        """Whether the wall-clock budget is spent (rank 0 decides, so every rank stops at the same step)."""
-        flag = torch.tensor([float(time.monotonic() - started > 60.0 * budget_minutes)], device=self.device)
-        if self.world_size > 1 and dist.is_initialized():
-            dist.broadcast(flag, src=0)
+        """Whether the wall-clock budget is spent (rank 0 decides, so every rank stops at the same step).
+
+        One process: a clock read, no device work. Several: one tiny broadcast per step, so that no rank
+        stops alone (which would hang the others in their next collective).
+        """
+        spent = time.monotonic() - started > 60.0 * budget_minutes
+        if self.world_size == 1 or not dist.is_initialized():
+            return spent
+        flag = torch.tensor([float(spent)], device=self.device)
+        dist.broadcast(flag, src=0)
         return bool(flag.item())
 
     def fit(self) -> list[dict[str, Any]]:
