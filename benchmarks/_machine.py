@@ -6,6 +6,8 @@ import os
 import platform
 from pathlib import Path
 
+from storyreel.utils import atomic_write
+
 
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
@@ -24,3 +26,11 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Print a result and, when ``out`` is given, write it there atomically."""
+    print(text)
+    if out is not None:
+        with atomic_write(out, "w", encoding="utf-8") as fh:
+            fh.write(text)

@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _machine import cpu_name, emit  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from storyreel.eval import pool_scores, score_scene, summarize  # noqa: E402
 from storyreel.pipelines.scene import ScenePipeline  # noqa: E402
@@ -94,10 +94,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(f"{s.get(k, float('nan')):.3f}" for k in KEYS) + f" | {dist_txt} |")
     lines += ["", "Targets (issue: shipped default): identity fidelity ≥ 0.9 in every mode; appearance consistency ≥ 0.85 for "
               "joint and causal and clearly above the per-shot baseline; pattern distribution within ±0.1 of StoryWorld's draw.", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _machine import cpu_name, emit  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from storyreel.pipelines.scene import GenerationEvent, ScenePipeline  # noqa: E402
 from storyreel.script import load_script  # noqa: E402
@@ -90,11 +90,7 @@ def main() -> None:
         *[f"| {a} | {b} | {c} |" for a, b, c in rows],
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

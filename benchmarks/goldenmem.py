@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _machine import cpu_name, emit  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from storyreel.memory.goldenmem import PHI, goldenmem_sizes  # noqa: E402
 from storyreel.nn.layout import Modality, Segment, SequenceLayout  # noqa: E402
@@ -119,10 +119,7 @@ def main() -> None:
         f"context ({model.config.max_shots} shots) measure cost only.",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":
