@@ -33,3 +33,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest (and reproducibly) on one thread; the session's setting is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The `debug` recipe's StoryWorld data, synthesised once for every training test."""
+    from storyreel.train import load_recipe
+    from storyreel.train.scenes import ensure_dataset
+
+    path = tmp_path_factory.mktemp("storyworld") / "debug"
+    return ensure_dataset(path, load_recipe("debug").data.synth, progress=False)

@@ -12,21 +12,9 @@ from safetensors.torch import load_file
 
 from storyreel.train import CheckpointError, build_trainer, load_recipe, run_from_config
 from storyreel.train.checkpoint import capture_rng, list_checkpoints, load_checkpoint, resolve_checkpoint, restore_rng
-from storyreel.train.scenes import SceneOrder, ensure_dataset
+from storyreel.train.scenes import SceneOrder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("storyworld") / "debug"
-    return ensure_dataset(path, load_recipe("debug").data.synth, progress=False)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sets(data_dir: Path, out: Path, *extra: str) -> list[str]:

@@ -16,7 +16,6 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from storyreel.train import build_trainer, load_recipe
-from storyreel.train.scenes import ensure_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,12 +68,6 @@ def _worker(rank: int, world: int, port: int, data_dir: str, root: str, strategi
                         "resumed_steps": [h["step"] for h in resumed]}, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("storyworld") / "debug"
-    return ensure_dataset(path, load_recipe("debug").data.synth, progress=False)
 
 
 @pytest.mark.slow

@@ -23,24 +23,10 @@ from storyreel.train.batching import plan_step, sample_conditioning
 from storyreel.train.config import CONFIG_DIR, recipe_from_dict
 from storyreel.train.logging import MetricsLogger, peak_flops
 from storyreel.train.scene_task import shot_loss
-from storyreel.train.scenes import ensure_dataset
 
 BASELINE = Path(__file__).parent / "data" / "debug-loss-baseline.json"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and reproducibly) on one thread; restore the session's setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("storyworld") / "debug"
-    return ensure_dataset(path, load_recipe("debug").data.synth, progress=False)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def debug(data_dir: Path, out: Path, *sets: str):
