@@ -45,7 +45,7 @@ def sample_flow(
     n = timesteps.shape[0] - 1
     for i in range(n):
         t_row, t_next_row = timesteps[i], timesteps[i + 1]
-        t, t_next = expand(t_row).to(x.dtype), expand(t_next_row).to(x.dtype)
+        t, t_next = expand(t_row).to(x), expand(t_next_row).to(x)  # x's device and dtype
         with torch.no_grad():
             if solver == "euler":
                 x = euler_step(x, model_fn(x, t_row), t, t_next)
