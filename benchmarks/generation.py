@@ -3,10 +3,17 @@
     python benchmarks/generation.py --out benchmarks/results/generation.md            # CPU
     python benchmarks/generation.py --device cuda --out benchmarks/results/generation-gpu.md
 
+    python benchmarks/generation.py --device cuda --random base --size 128 --frames 33   # a larger random model
+
 Measures (1) the `make demo` job: the 4-shot example in its default mode and steps, wall time of
 generation only (model already loaded); (2) per-shot time of the first and last shot of an 8-shot
 scene in `causal` mode with the KV cache and without it (history recomputed every step);
 (3) `autoregressive` vs `joint` total time on the 4-shot example.
+
+``--random NAME`` times a randomly initialised MMDiT preset (``storyreel.models.MODELS``) with the exact
+patch autoencoder and the hashing text encoder instead of a trained pipeline, at ``--size`` pixels and
+``--frames`` frames per shot: the KV cache pays off when a step is compute-bound, which the 7.8 M-parameter
+default at 64×64 is not on a GPU (kernel launches dominate there).
 """
 
 from __future__ import annotations
@@ -48,19 +55,66 @@ def timed_generate(pipe: ScenePipeline, script, **kw) -> tuple[float, list[float
     return total, per_shot
 
 
+def random_pipeline(name: str, *, device: str) -> ScenePipeline:
+    """A pipeline around randomly initialised ``name`` models (bidirectional + causal), exact patch autoencoder,
+    hashing text encoder: timings only."""
+    from storyreel.autoencoders import get_autoencoder
+    from storyreel.models import MultiShotMMDiT, get_model_config
+    from storyreel.text import get_text_encoder
+
+    ae = get_autoencoder("patch", patch=(1, 2, 2))
+    text_len = 32
+    kw = dict(in_channels=ae.latent_channels, text_dim=64, text_len=text_len, max_shots=8)
+    torch.manual_seed(0)
+    scene = MultiShotMMDiT(get_model_config(name, **kw))
+    causal = MultiShotMMDiT(get_model_config(name, attn_policy="causal_shots", **kw))
+    spec = {"name": "hashing", "kwargs": {"dim": 64}}
+    pipe = ScenePipeline(scene=scene, causal=causal, autoencoder=ae, text_encoder=get_text_encoder("hashing", dim=64, max_length=text_len),
+                         text_encoder_spec=spec, autoencoder_spec={"name": "patch", "kwargs": {"patch": [1, 2, 2]}},
+                         name=f"random {name} ({sum(p.numel() for p in scene.parameters()) / 1e6:.1f} M parameters)")
+    return pipe.to(device)
+
+
+def example(name: str, *, size: int | None, frames: int | None):
+    """An example script, optionally at another resolution / frame count."""
+    import yaml
+
+    from storyreel.script import parse_script
+
+    path = ROOT / "examples" / name
+    if size is None and frames is None:
+        return load_script(path)
+    data = yaml.safe_load(path.read_text())
+    settings = data.setdefault("settings", {})
+    if size is not None:
+        settings["resolution"] = [size, size]
+    if frames is not None:
+        settings["frames"] = frames
+        for shot in data.get("shots", []):
+            shot.pop("frames", None)
+    return parse_script(data, base_dir=path.parent)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--random", default=None, metavar="NAME", help="time a random MMDiT preset instead of --model")
+    ap.add_argument("--size", type=int, default=None, help="with --random: square resolution in pixels")
+    ap.add_argument("--frames", type=int, default=None, help="with --random: frames per shot")
     args = ap.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(min(2, os.cpu_count() or 1))
-    pipe = ScenePipeline.from_pretrained(args.model, device=args.device)
-    demo = load_script(ROOT / "examples" / "meeting-4shots.yaml")
-    chase = load_script(ROOT / "examples" / "chase-8shots.yaml")
+    if args.random:
+        pipe = random_pipeline(args.random, device=args.device)
+    else:
+        pipe = ScenePipeline.from_pretrained(args.model, device=args.device)
+    demo = example("meeting-4shots.yaml", size=args.size, frames=args.frames)
+    chase = example("chase-8shots.yaml", size=args.size, frames=args.frames)
     steps = args.steps or pipe.defaults.steps
+    size = f"{demo.settings.resolution[0]}×{demo.settings.resolution[1]}, {demo.shot_frames(0)} frames per shot"
 
     timed_generate(pipe, demo, steps=2)  # warm-up: loads the text encoder, builds attention plans
     rows = []
@@ -82,8 +136,10 @@ def main() -> None:
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {dev}; python {platform.python_version()}, torch {torch.__version__}",
         f"- load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
-        f"- model: {pipe.name}; steps {steps}, guidance {pipe.defaults.guidance}, solver {pipe.defaults.solver}; generation only (model loaded, after a warm-up run)",
-        "- command: `python benchmarks/generation.py" + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
+        f"- model: {pipe.name}; {size}; steps {steps}, guidance {pipe.defaults.guidance}, solver {pipe.defaults.solver}; generation only (model loaded, after a warm-up run)",
+        "- command: `python benchmarks/generation.py" + (f" --device {args.device}" if args.device != "cpu" else "")
+        + (f" --random {args.random}" if args.random else "") + (f" --size {args.size}" if args.size else "")
+        + (f" --frames {args.frames}" if args.frames else "") + "`",
         "",
         "| job | wall time | notes |",
         "| --- | --- | --- |",

@@ -121,13 +121,14 @@ def data_synth(
     fps: Annotated[int, typer.Option("--fps", min=1, max=120, help="Frames per second.")] = 8,
     per_shard: Annotated[int, typer.Option("--per-shard", min=1, help="Scenes per shard.")] = 256,
     long_take: Annotated[float, typer.Option("--long-take", min=0.0, max=1.0, help="Probability that a shot continues the previous one without a cut.")] = 0.1,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes that render scenes (the dataset is identical for any value).")] = 1,
 ) -> None:
     """Write a sharded StoryWorld dataset (resumable: re-running skips finished shards)."""
     from storyreel.data.synth import synth_storyworld
 
     path = synth_storyworld(
         out, n_scenes=scenes, seed=seed, scenes_per_shard=per_shard, n_shots=shots,
-        resolution=(size, size), frames=frames, fps=fps, long_take_prob=long_take, progress=True,
+        resolution=(size, size), frames=frames, fps=fps, long_take_prob=long_take, progress=True, workers=workers,
     )
     console.print(f"[green]wrote[/] {scenes} scenes to {path}", highlight=False)
 

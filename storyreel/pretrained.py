@@ -73,11 +73,18 @@ class PretrainedMixin:
     config_class: ClassVar[type]
     config: Any
 
-    def save_pretrained(self, directory: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``."""
+    def save_pretrained(self, directory: str | os.PathLike[str], *, extra: dict[str, Any] | None = None,
+                        dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``.
+
+        ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors in that type to save space;
+        ``from_pretrained`` loads them back into the model's own (fp32) parameters."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch dtype (e.g. torch.float16), got {dtype}")
+        state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
+                 for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
         with atomic_path(out / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"class": type(self).__name__})
         payload = {"_class": type(self).__name__, **config_to_dict(self.config), **({"_extra": extra} if extra else {})}

@@ -65,13 +65,14 @@ def segment_prompts(
 
 
 def encode_context(text_encoder: Any, prompts: Sequence[Sequence[str]], *, text_len: int) -> Tensor:
-    """Text states ``[B, S · text_len, D]`` (float32, CPU) of ``B`` samples with ``S`` prompts each (layout order)."""
+    """Text states ``[B, S · text_len, D]`` (float32, on the encoder's device) of ``B`` samples with ``S`` prompts
+    each (layout order)."""
     b = len(prompts)
     s = len(prompts[0]) if b else 0
     if b == 0 or s == 0 or any(len(p) != s for p in prompts):
         raise ValueError(f"encode_context needs B >= 1 samples with the same number (>= 1) of prompts, got {[len(p) for p in prompts]}")
     flat = [p for per in prompts for p in per]
-    states = text_encoder.encode(flat).states.float().cpu()  # [B * S, L, D]
+    states = text_encoder.encode(flat).states.float()  # [B * S, L, D]
     states = pad_text_states(states, text_len)  # [B * S, text_len, D]
     return states.reshape(b, s * text_len, states.shape[-1])  # [B, S * text_len, D]
 

@@ -399,3 +399,13 @@ def test_synth_is_resumable_and_deterministic(tmp_path, monkeypatch):
     assert calls == []  # complete: nothing re-rendered
     with pytest.raises(ValueError, match="different settings"):
         synth_storyworld(tmp_path / "run", n_scenes=5, seed=3, scenes_per_shard=2, **SYNTH)
+
+
+def test_synth_with_worker_processes_writes_the_same_shards(tmp_path):
+    kw = dict(n_scenes=6, seed=3, scenes_per_shard=4, n_shots=2, resolution=(32, 32), frames=4, progress=False)
+    synth_storyworld(tmp_path / "one", **kw)
+    synth_storyworld(tmp_path / "two", workers=2, **kw)
+    sha = lambda p: [e["sha256"] for e in read_manifest(p)["shards"]]  # noqa: E731
+    assert sha(tmp_path / "one") == sha(tmp_path / "two")
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        synth_storyworld(tmp_path / "bad", workers=0, **kw)

@@ -288,6 +288,30 @@ def test_pipeline_from_training_export(tmp_path):
     assert len(result.videos) == 2
 
 
+def test_export_stores_half_precision_weights_that_load_back(tmp_path):
+    from safetensors import safe_open
+
+    from storyreel.pipelines.export import main as export_main
+
+    cfg = get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3)
+    torch.manual_seed(0)
+    extra = {"text_encoder": "hashing", "text_encoder_kwargs": {"dim": 64}, "text_len": 8, "autoencoder": "patch",
+             "autoencoder_kwargs": {"patch": [1, 2, 2]}, "latent_scale": 1.0, "global_prompt": True, "frames": 4}
+    MultiShotMMDiT(cfg).save_pretrained(tmp_path / "scene", extra=extra)
+    MultiShotMMDiT(get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3, attn_policy="causal_shots")
+                   ).save_pretrained(tmp_path / "causal", extra=extra)
+    assert export_main([str(tmp_path / "scene"), "--causal", str(tmp_path / "causal"), "--out", str(tmp_path / "p"),
+                        "--dtype", "float16"]) == 0
+    with safe_open(str(tmp_path / "p" / "scene" / "model.safetensors"), "pt") as fh:
+        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.float16}
+    full = ScenePipeline.from_model_folders(tmp_path / "scene", causal=tmp_path / "causal")
+    half = ScenePipeline.from_pretrained(tmp_path / "p")
+    assert half.causal is not None and next(half.scene.parameters()).dtype == torch.float32
+    for (name, p), q in zip(full.scene.named_parameters(), half.scene.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-3, rtol=1e-3, msg=name)  # fp16 rounding only
+    assert export_main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "q")]) == 2  # clear error, no crash
+
+
 # ------------------------------------------------------------------------------------------ errors before compute
 
 

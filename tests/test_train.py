@@ -175,6 +175,27 @@ def test_frame_substitution_makes_one_frame_image_shots(data_dir, tmp_path):
     assert clean[:, 0].all() and not clean[:, 1].any() and not cond.any()
 
 
+def test_latent_cache_gives_the_same_batches_and_encodes_each_window_once(data_dir, tmp_path):
+    base = ["data.single_shot_prob=0.0", "train.batch_size=4", "data.frame_substitution=0.3"]
+    plain = build_trainer(debug(data_dir, tmp_path / "a", *base)).task
+    cached = build_trainer(debug(data_dir, tmp_path / "b", *base, "data.cache_latents=10000")).task
+    for step in range(12):
+        a, b = plain.batch(step, 0), cached.batch(step, 0)
+        assert a.sources == b.sources and a.frames_per_shot == b.frames_per_shot and a.prompts == b.prompts
+        torch.testing.assert_close(b.latents, a.latents, atol=1e-5, rtol=1e-5)
+        assert torch.equal(a.noise, b.noise) and torch.equal(a.t, b.t)
+    builder = cached.builder
+    assert builder.cache_misses == len(builder._latents) > 0  # every window encoded exactly once
+    misses = builder.cache_misses
+    start = builder.sampler.order.state_dict()
+    builder.sampler.order.load_state_dict({**start, "epoch": 0, "pos": 0})  # the same windows again: all hits
+    builder.build(0, 0)
+    assert builder.cache_misses == misses and builder.cache_hits > 0
+    small = build_trainer(debug(data_dir, tmp_path / "c", *base, "data.cache_latents=3")).task.builder
+    small.build(9, 0)
+    assert len(small._latents) <= 3  # the LRU bound holds
+
+
 def test_text_dropout_empties_prompts_at_the_set_rate(data_dir, tmp_path):
     task = build_trainer(debug(data_dir, tmp_path, "data.text_dropout=0.3", "train.batch_size=8")).task
     dropped, total = 0, 0

@@ -65,6 +65,11 @@ def storyworld_sample(key: str, seed: int, **scene_kwargs: Any) -> SceneSample:
     )
 
 
+def _render_indexed(j: int, *, seed: int, scene_kwargs: dict[str, Any]) -> SceneSample:
+    """Scene ``j`` of a dataset (a picklable worker function for :func:`synth_storyworld`)."""
+    return storyworld_sample(f"{j:08d}", scene_seed(seed, j), **scene_kwargs)
+
+
 def synth_storyworld(
     out_dir: str | os.PathLike[str],
     *,
@@ -77,6 +82,7 @@ def synth_storyworld(
     fps: int = 8,
     long_take_prob: float = 0.1,
     progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Write ``n_scenes`` StoryWorld scenes to ``out_dir`` as a sharded dataset; returns ``out_dir``.
 
@@ -84,8 +90,11 @@ def synth_storyworld(
     the dataset is reproducible and the shards are byte-identical across runs. Resumable: a
     re-run with the same arguments keeps verified shards and renders only the rest; a re-run with
     different arguments into the same folder is refused (choose another folder).
-    ``resolution`` is (width, height).
+    ``resolution`` is (width, height). ``workers > 1`` renders scenes in that many processes (the
+    shards stay byte-identical: scenes are written in order by this process).
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer (processes that render scenes), got {workers!r}")
     if isinstance(n_scenes, bool) or not isinstance(n_scenes, int) or n_scenes < 1:
         raise ValueError(f"n_scenes must be a positive integer, got {n_scenes!r}")
     scene_seed(seed, 0)  # validates seed
@@ -108,7 +117,18 @@ def synth_storyworld(
     ) as writer:
         start = n_scenes if writer.complete else writer.n_done
         with tqdm(total=n_scenes, initial=start, disable=not progress, unit="scene", desc="storyworld") as bar:
-            for j in range(start, n_scenes):
-                writer.add(storyworld_sample(f"{j:08d}", scene_seed(seed, j), **scene_kwargs))
-                bar.update(1)
+            todo = range(start, n_scenes)
+            if workers == 1 or len(todo) < 2 * workers:
+                for j in todo:
+                    writer.add(storyworld_sample(f"{j:08d}", scene_seed(seed, j), **scene_kwargs))
+                    bar.update(1)
+            else:
+                import functools
+                from concurrent.futures import ProcessPoolExecutor
+
+                render = functools.partial(_render_indexed, seed=int(seed), scene_kwargs=scene_kwargs)
+                with ProcessPoolExecutor(max_workers=workers) as pool:
+                    for sample in pool.map(render, todo, chunksize=8):  # ordered: shards as with one process
+                        writer.add(sample)
+                        bar.update(1)
     return Path(out_dir)

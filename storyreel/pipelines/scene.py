@@ -422,16 +422,17 @@ class ScenePipeline:
         except (CheckpointError, ValueError, TypeError) as err:
             raise GenerationError(f"cannot assemble a pipeline from {folder}: {err}") from err
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Path:
         """Write ``pipeline.json``, ``scene/``, ``causal/`` (if any) and ``autoencoder/`` (a trained autoencoder;
-        a named one such as ``patch`` is recorded by name) into ``directory``."""
+        a named one such as ``patch`` is recorded by name) into ``directory``; ``dtype`` (e.g. ``torch.float16``)
+        stores the weights in that type (the shipped default is saved in fp16 to fit the repository's budget)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        self.scene.save_pretrained(out / "scene")
+        self.scene.save_pretrained(out / "scene", dtype=dtype)
         if self.causal is not None:
-            self.causal.save_pretrained(out / "causal")
+            self.causal.save_pretrained(out / "causal", dtype=dtype)
         if hasattr(self.autoencoder, "save_pretrained"):
-            self.autoencoder.save_pretrained(out / "autoencoder")
+            self.autoencoder.save_pretrained(out / "autoencoder", dtype=dtype)
             ae_spec: dict[str, Any] = {"path": "autoencoder"}
         elif self.autoencoder_spec and "name" in self.autoencoder_spec:
             ae_spec = self.autoencoder_spec

@@ -13,6 +13,7 @@ whole step on every rank, so one :class:`SequenceLayout` serves a batch.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,17 +135,26 @@ class WindowSampler:
             out.append([ShotSpec(scene=s, shot=k, frames=self._frames(s, k, plan.image_shots[j], rng)) for j, (s, k) in enumerate(shots)])
         return out
 
-    def materialise(self, window: list[ShotSpec], *, mode: str) -> dict[str, Any]:
-        """Pixels ``frames`` (per shot uint8 ``[F_i, 3, H, W]``), ``shot_prompts``, ``global_prompt``, ``sources``."""
+    def pixels(self, spec: ShotSpec) -> Tensor:
+        """uint8 ``[F, 3, H, W]`` frames of one window shot."""
+        arr = self.index.load(spec.scene).frames[spec.shot][list(spec.frames)]  # [F, H, W, 3]
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)  # [F, 3, H, W]
+
+    def materialise(self, window: list[ShotSpec], *, mode: str, pixels: bool = True) -> dict[str, Any]:
+        """Pixels ``frames`` (per shot uint8 ``[F_i, 3, H, W]``; omitted with ``pixels=False``), ``shot_prompts``,
+        ``global_prompt``, ``sources`` and the window ``specs``."""
         frames, prompts, sources = [], [], []
         for spec in window:
             scene = self.index.load(spec.scene)
-            arr = scene.frames[spec.shot][list(spec.frames)]  # [F, H, W, 3]
-            frames.append(torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2))  # [F, 3, H, W]
+            if pixels:
+                frames.append(self.pixels(spec))
             prompts.append(scene.shot_prompts[spec.shot])
             sources.append((scene.key, spec.shot))
         glob = self.index.load(window[0].scene).global_prompt if mode == "scene" else ""
-        return {"frames": frames, "shot_prompts": prompts, "global_prompt": glob, "sources": sources}
+        out = {"shot_prompts": prompts, "global_prompt": glob, "sources": sources, "specs": list(window)}
+        if pixels:
+            out["frames"] = frames
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"order": self.order.state_dict()}
@@ -243,6 +253,10 @@ class BatchBuilder:
         self.rank = rank
         self.world_size = world_size
         self.device = torch.device(device)
+        self.cache_size = int(data.cache_latents)
+        self._latents: OrderedDict[tuple[int, int, tuple[int, ...]], Tensor] = OrderedDict()  # LRU of [C, T', h, w]
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     def plan(self, step: int) -> StepPlan:
         return plan_step(self.schedule, self.data, seed=self.seed, step=step)
@@ -253,7 +267,7 @@ class BatchBuilder:
         b, n = self.batch_size, plan.n_shots
         windows = self.sampler.draw(plan, b * self.world_size, _rng(self.seed, _DRAW, step, micro))
         mine = windows[self.rank * b : (self.rank + 1) * b]
-        items = [self.sampler.materialise(w, mode=plan.stage.mode) for w in mine]
+        items = [self.sampler.materialise(w, mode=plan.stage.mode, pixels=self.cache_size == 0) for w in mine]
         rng = _rng(self.seed, _SAMPLE, step, micro, self.rank)
         clean, cond, dropped = sample_conditioning(
             batch=b, n_shots=n, image_shots=plan.image_shots, cond_mask_prob=self.cond_mask_prob,
@@ -283,12 +297,35 @@ class BatchBuilder:
         parts, frames, grids = [], [], []
         ae_device = next((p.device for p in self.autoencoder.parameters()), self.device) if hasattr(self.autoencoder, "parameters") else self.device
         for j in range(n):
-            video = torch.stack([it["frames"][j] for it in items])  # [B, F, 3, H, W] uint8
-            z = encode_pixels(self.autoencoder, video, latent_scale=self.latent_scale, device=ae_device)  # [B, C, T', h, w]
+            if self.cache_size:
+                z = self._cached_latents([it["specs"][j] for it in items], ae_device)  # [B, C, T', h, w]
+            else:
+                video = torch.stack([it["frames"][j] for it in items])  # [B, F, 3, H, W] uint8
+                z = encode_pixels(self.autoencoder, video, latent_scale=self.latent_scale, device=ae_device)  # [B, C, T', h, w]
             parts.append(z)
             frames.append(int(z.shape[2]))
             grids.append(patch_grid(tuple(z.shape[2:]), self.patch_size, what=f"latent of shot {j}"))
         return torch.cat(parts, dim=2), frames, grids  # [B, C, T_total, h, w]
+
+    def _cached_latents(self, specs: list[ShotSpec], device: torch.device) -> Tensor:
+        """Latents ``[B, C, T', h, w]`` (on the autoencoder's device) of one shot position, encoding only the
+        windows not in the LRU cache (``data.cache_latents`` entries; the autoencoder is frozen, so a window's
+        latent never changes during training)."""
+        keys = [(s.scene, s.shot, s.frames) for s in specs]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._latents))
+        self.cache_hits += len(keys) - len(missing)
+        self.cache_misses += len(missing)
+        if missing:
+            video = torch.stack([self.sampler.pixels(ShotSpec(scene=k[0], shot=k[1], frames=k[2])) for k in missing])  # [M, F, 3, H, W]
+            z = encode_pixels(self.autoencoder, video, latent_scale=self.latent_scale, device=device).to(device)  # [M, C, T', h, w]
+            for k, zk in zip(missing, z):
+                self._latents[k] = zk
+        out = torch.stack([self._latents[k] for k in keys])  # [B, C, T', h, w]
+        for k in keys:
+            self._latents.move_to_end(k)
+        while len(self._latents) > self.cache_size:
+            self._latents.popitem(last=False)
+        return out
 
     def _layout(self, grids: list[tuple[int, int, int]], plan: StepPlan) -> Any:
         return scene_layout(grids, text_len=self.text_len, global_prompt=self.data.global_prompt, image_shots=plan.image_shots)

@@ -65,8 +65,10 @@ class SynthConfig:
     fps: int = 8
     long_take_prob: float = 0.1
     scenes_per_shard: int = 256
+    workers: int = 1  # processes that render scenes (the data is the same for any value)
 
     def __post_init__(self) -> None:
+        _check(self.workers >= 1, "data.synth.workers", self.workers, "need >= 1")
         _check(self.n_scenes >= 1, "data.synth.n_scenes", self.n_scenes, "need at least 1 scene")
         _check(self.n_shots is None or 1 <= self.n_shots <= 8, "data.synth.n_shots", self.n_shots, "use null or 1..8")
         _check(32 <= self.resolution <= 256, "data.synth.resolution", self.resolution, "use 32..256 pixels")
@@ -118,12 +120,14 @@ class DataConfig:
     stride_sampling: bool = True  # Captain Cinema dynamic stride over long scenes (stride uniform over those that fit)
     cache_scenes: bool = True  # keep decoded scenes in memory (small datasets)
     prefetch: int = 2  # batches built ahead on a background thread (0: build in the training loop)
+    cache_latents: int = 0  # encoded shot windows kept on the autoencoder's device (0: encode every batch)
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "data.path", self.path, "give a dataset folder")
         _check(self.frames >= 1, "data.frames", self.frames, "need >= 1")
         _check(self.frame_stride >= 1, "data.frame_stride", self.frame_stride, "need >= 1")
         _check(self.prefetch >= 0, "data.prefetch", self.prefetch, "need >= 0 (0 disables prefetching)")
+        _check(self.cache_latents >= 0, "data.cache_latents", self.cache_latents, "need >= 0 (0 disables the cache)")
         for name in ("text_dropout", "frame_substitution", "image_condition_prob", "single_shot_prob"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"data.{name}", value, "use a probability in [0, 1]")

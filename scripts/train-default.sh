@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Train and export the shipped default pipeline (storyreel/weights/default) on one GPU, then measure it.
+#
+#   bash scripts/train-default.sh [PIPELINE_OUT]        # default PIPELINE_OUT: outputs/pipeline-default
+#
+# Steps: the VAE (configs/vae-default.yaml), the bidirectional scene model (scene-default), its
+# context-causal variant (scene-default-causal), an fp16 pipeline folder (storyreel.pipelines.export),
+# the quality benchmark on 50 held-out scripts and the generation timings. Each recipe stops at its
+# train.max_minutes budget. Environment knobs:
+#   VAE_INIT=DIR      fine-tune the VAE from an earlier model folder instead of starting from scratch
+#   VAE_ARGS / SCENE_ARGS / CAUSAL_ARGS   extra "--set key=value" overrides for the three runs
+#   SKIP_BENCH=1      stop after the export
+set -euo pipefail
+OUT=${1:-outputs/pipeline-default}
+PY=${PYTHON:-python3}
+stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+
+vae_init=()
+if [ -n "${VAE_INIT:-}" ]; then vae_init=(--set "model.init_from=$VAE_INIT" --set model.init_weights=model); fi
+stamp "vae-default"
+# shellcheck disable=SC2086
+$PY -m storyreel.train configs/vae-default.yaml --set output.progress=false "${vae_init[@]}" ${VAE_ARGS:-}
+stamp "scene-default"
+# shellcheck disable=SC2086
+$PY -m storyreel.train configs/scene-default.yaml --set output.progress=false ${SCENE_ARGS:-}
+stamp "scene-default-causal"
+# shellcheck disable=SC2086
+$PY -m storyreel.train configs/scene-default-causal.yaml --set output.progress=false ${CAUSAL_ARGS:-}
+stamp "export -> $OUT"
+$PY -m storyreel.pipelines.export outputs/train/scene-default/model --causal outputs/train/scene-default-causal/model \
+    --out "$OUT" --dtype float16 --name "${PIPELINE_NAME:-storyreel-default}"
+if [ -z "${SKIP_BENCH:-}" ]; then
+  dev=$($PY -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
+  stamp "benchmarks on $dev"
+  $PY benchmarks/default_model.py --model "$OUT" --device "$dev" --n 50 --out outputs/default-model.md
+  $PY benchmarks/generation.py --model "$OUT" --device "$dev" --out outputs/generation-$dev.md
+fi
+stamp "done"

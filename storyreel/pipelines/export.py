@@ -1,0 +1,53 @@
+"""Assemble a ``ScenePipeline`` folder from the model folders that training exported.
+
+    python -m storyreel.pipelines.export outputs/train/scene-default/model \\
+        --causal outputs/train/scene-default-causal/model --out my-pipeline --dtype float16
+
+The result loads with ``ScenePipeline.from_pretrained("my-pipeline")`` and
+``storyreel generate SCRIPT --model my-pipeline``. The shipped default
+(``storyreel/weights/default``) is made this way with ``--dtype float16``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from storyreel.pipelines.scene import GenerationError, ScenePipeline
+
+__all__ = ["DTYPES", "export_pipeline", "main"]
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def export_pipeline(scene: str | Path, out: str | Path, *, causal: str | Path | None = None, dtype: str = "float32",
+                    name: str | None = None) -> Path:
+    """Build the pipeline from ``scene`` (and ``causal``) model folders and save it to ``out`` in ``dtype``."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
+    pipe = ScenePipeline.from_model_folders(scene, causal=causal, name=name)
+    return pipe.save_pretrained(out, dtype=DTYPES[dtype])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m storyreel.pipelines.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("scene", type=Path, help="bidirectional scene model folder (config.json + model.safetensors)")
+    ap.add_argument("--causal", type=Path, default=None, help="context-causal model folder (optional)")
+    ap.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage type of the weights")
+    ap.add_argument("--name", default=None, help="pipeline name recorded in pipeline.json")
+    args = ap.parse_args(argv)
+    try:
+        out = export_pipeline(args.scene, args.out, causal=args.causal, dtype=args.dtype, name=args.name)
+    except (GenerationError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
