@@ -35,7 +35,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Datasets and ground truth: render scripts, synthesise StoryWorld shards.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets and ground truth: render scripts, synthesise StoryWorld shards, ingest real videos.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 console = Console()
@@ -131,6 +131,11 @@ def data_synth(
         resolution=(size, size), frames=frames, fps=fps, long_take_prob=long_take, progress=True, workers=workers,
     )
     console.print(f"[green]wrote[/] {scenes} scenes to {path}", highlight=False)
+
+
+from storyreel.ingest.cli import ingest_command  # noqa: E402  (light: typer/rich only; the pipeline loads on use)
+
+data_app.command("ingest")(ingest_command)
 
 
 @app.command()
