@@ -154,6 +154,11 @@ def generate(
     goldenmem: Annotated[bool, typer.Option("--goldenmem", help="Compress history frames with GoldenMem (experimental with the shipped default).")] = False,
     kv_cache: Annotated[bool, typer.Option("--kv-cache/--no-kv-cache", help="causal mode: reuse history keys/values (same video, faster).")] = True,
     solver: Annotated[Optional[str], typer.Option(help="euler | heun.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="wan | cogvideox: generate with a production backbone from --weights (docs/backbones.md).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="With --backbone: its local diffusers weights folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/).")] = None,
+    finetuned: Annotated[Optional[Path], typer.Option(help="With --backbone: a fine-tune exported by `storyreel train wan-lora` / `cogvideox-lora` (its model/ folder).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="With --backbone: bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on CPU).")] = None,
+    context_parallel: Annotated[bool, typer.Option("--context-parallel", help="With --backbone, joint mode under `torchrun --no-python`: split every step over the GPUs.")] = False,
 ) -> None:
     """Generate a multi-shot video from a scene script."""
     from storyreel.pipelines.scene import GenerationError, generate_to_dir
@@ -168,11 +173,24 @@ def generate(
     if solver is not None:
         options["solver"] = solver
     t0 = time.perf_counter()
+    if backbone is None and (weights is not None or finetuned is not None or dtype is not None or context_parallel):
+        _fail("--weights, --finetuned, --dtype and --context-parallel go with --backbone wan|cogvideox (docs/backbones.md)")
+    if backbone is not None and (weights is None or model != "default" or goldenmem or solver is not None):
+        _fail("--backbone needs --weights DIR (a local diffusers folder) and takes no --model, --goldenmem or --solver")
     try:
-        scene = generate_to_dir(
-            parsed, out, mode=mode, steps=steps, guidance=guidance, seed=seed, device=device, model=model,
-            resume=resume, overwrite=overwrite, progress=True, **options,
-        )
+        if backbone is not None:
+            from storyreel.pipelines.backbone import generate_backbone
+
+            scene = generate_backbone(
+                parsed, out, backbone=backbone, weights=weights, mode=mode, steps=steps, guidance=guidance, seed=seed,
+                device=device, dtype=dtype, finetuned=finetuned, resume=resume, overwrite=overwrite, progress=True,
+                context_parallel=context_parallel, **options,
+            )
+        else:
+            scene = generate_to_dir(
+                parsed, out, mode=mode, steps=steps, guidance=guidance, seed=seed, device=device, model=model,
+                resume=resume, overwrite=overwrite, progress=True, **options,
+            )
     except (GenerationError, ScriptError) as err:
         _fail(str(err))
     n = len(scene.get("shots", []))

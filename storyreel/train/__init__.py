@@ -6,6 +6,7 @@
 
 from storyreel.train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 from storyreel.train.config import (
+    BackboneConfig,
     DataConfig,
     ModelConfig,
     OutputConfig,
@@ -27,6 +28,7 @@ from storyreel.train.trainer import EMA, NonFiniteLossError, Trainer
 
 __all__ = [
     "EMA",
+    "BackboneConfig",
     "CheckpointError",
     "DataConfig",
     "ModelConfig",

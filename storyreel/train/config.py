@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 __all__ = [
+    "BackboneConfig",
     "DataConfig",
     "ModelConfig",
     "OutputConfig",
@@ -266,19 +267,47 @@ class OutputConfig:
 
 
 @dataclass(kw_only=True)
+class BackboneConfig:
+    """``kind: backbone``: a diffusers backbone (Wan / CogVideoX) fine-tuned with LoRA or fully (``train/backbone_task.py``)."""
+
+    type: Literal["wan", "cogvideox"] = "wan"
+    weights: str | None = None  # required to train: the diffusers weights folder (transformer/, vae/, text_encoder/, ...)
+    finetune: Literal["lora", "full"] = "lora"
+    lora_rank: int = 32
+    lora_alpha: float | None = None  # None: = lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2"])
+    base_dtype: Literal["auto", "bf16", "fp32"] = "auto"  # frozen weights in LoRA mode (auto: bf16 on CUDA)
+
+    def __post_init__(self) -> None:
+        _choice("backbone.type", self.type, ("wan", "cogvideox"))
+        _check(self.weights is None or bool(self.weights), "backbone.weights", self.weights,
+               "give the backbone's diffusers weights folder, e.g. --set backbone.weights=/data/Wan2.1-T2V-1.3B-Diffusers")
+        _choice("backbone.finetune", self.finetune, ("lora", "full"))
+        _check(self.lora_rank >= 1, "backbone.lora_rank", self.lora_rank, "need >= 1")
+        _check(self.lora_alpha is None or self.lora_alpha > 0, "backbone.lora_alpha", self.lora_alpha, "use null (= rank) or > 0")
+        _check(0.0 <= self.lora_dropout < 1.0, "backbone.lora_dropout", self.lora_dropout, "use [0, 1)")
+        _check(len(self.lora_targets) >= 1, "backbone.lora_targets", self.lora_targets, "name at least one module suffix")
+        _choice("backbone.base_dtype", self.base_dtype, ("auto", "bf16", "fp32"))
+
+
+@dataclass(kw_only=True)
 class Recipe:
     """A whole training run."""
 
     name: str = "recipe"
-    kind: Literal["scene", "vae"] = "scene"
+    kind: Literal["scene", "vae", "backbone"] = "scene"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    backbone: BackboneConfig | None = None  # kind=backbone only
 
     def __post_init__(self) -> None:
-        _choice("kind", self.kind, ("scene", "vae"))
+        _choice("kind", self.kind, ("scene", "vae", "backbone"))
+        _check((self.backbone is not None) == (self.kind == "backbone"), "backbone", self.backbone,
+               "a backbone: section goes with kind: backbone (and only with it)")
 
 
 # ----------------------------------------------------------------------------------------------- building

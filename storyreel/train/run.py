@@ -74,6 +74,10 @@ def _prepare_run_dir(recipe: Recipe, resume: Path | None, rank: int) -> Path:
 def build_trainer(recipe: Recipe, *, device: torch.device | None = None, rank: int = 0, world_size: int = 1) -> Trainer:
     """Synthesise the data folder if needed, build the recipe's task and a :class:`Trainer` (no steps run)."""
     device = device or _device(recipe, 0, 1)
+    if recipe.kind == "backbone":  # the weights folder is checked before any data is synthesised
+        from storyreel.train.backbone_task import check_backbone_recipe
+
+        check_backbone_recipe(recipe)
     if rank == 0:
         ensure_dataset(recipe.data.path, recipe.data.synth, progress=recipe.output.progress)
     if world_size > 1:
@@ -83,6 +87,10 @@ def build_trainer(recipe: Recipe, *, device: torch.device | None = None, rank: i
         from storyreel.train.vae_trainer import VAETask
 
         task: Any = VAETask(recipe, device=device, rank=rank, world_size=world_size)
+    elif recipe.kind == "backbone":
+        from storyreel.train.backbone_task import BackboneTask
+
+        task = BackboneTask(recipe, device=device, rank=rank, world_size=world_size)
     else:
         from storyreel.train.scene_task import SceneTask
 
@@ -103,6 +111,10 @@ def run_recipe(recipe: Recipe, *, resume: str | os.PathLike[str] | None = None) 
         dist.init_process_group(backend=backend)
         own_group = True
     try:
+        if recipe.kind == "backbone":  # before the run folder or any data is written
+            from storyreel.train.backbone_task import check_backbone_recipe
+
+            check_backbone_recipe(recipe)
         device = _device(recipe, local, world)
         resume_path = Path(resume) if resume is not None else None
         run = _prepare_run_dir(recipe, resume_path, rank)
