@@ -137,6 +137,12 @@ from storyreel.ingest.cli import ingest_command  # noqa: E402  (light: typer/ric
 
 data_app.command("ingest")(ingest_command)
 
+from storyreel.eval.bench import bench_command  # noqa: E402
+
+bench_app = typer.Typer(help="Benchmarks: StoryWorld suites of the seed papers' ablations (docs/bench.md).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+bench_app.command("storyworld")(bench_command)
+
 
 @app.command()
 def generate(

@@ -15,15 +15,21 @@ import pytest
 from storyreel.eval import (
     METRICS,
     DetectConfig,
+    LayoutConfig,
     SettingConfig,
     TemporalConfig,
     analyze_scene,
     appearance_consistency,
+    average_precision,
     boundary_smoothness,
+    box_iou,
     detect_shot,
     dynamic_degree,
     flicker,
     identity_fidelity,
+    layout_ap,
+    motion_compensated_midframes,
+    motion_smoothness,
     pattern_distribution,
     pool,
     pool_scores,
@@ -35,7 +41,18 @@ from storyreel.eval import (
     text_shot_alignment,
 )
 from storyreel.eval.detect import UNKNOWN, classify_pixels, classify_shape, dilate, erode, label_components, reference_palette
-from storyreel.world import COLORS, PATTERNS, SETTINGS, SHAPES, pattern_shade, render_scene, sample_scene, scene_to_script
+from storyreel.script import LayoutBox
+from storyreel.world import (
+    COLORS,
+    PATTERNS,
+    SETTINGS,
+    SHAPES,
+    VocabularyError,
+    pattern_shade,
+    render_scene,
+    sample_scene,
+    scene_to_script,
+)
 from storyreel.world.render import shape_mask, sprite
 from storyreel.world.vocab import ground_shade
 
@@ -165,6 +182,8 @@ def test_ground_truth_scores(gt_scores):
     assert s["setting_consistency"].value >= 0.9
     assert 0.7 <= s["dynamic_degree"].value < 1.0  # "standing still" shots with a static camera do not move
     assert s["boundary_smoothness"].totals["count"] >= 5 and s["boundary_smoothness"].value < 1.6
+    assert s["layout_ap"].value >= 0.97 and s["layout_ap"].totals["gt"] > 500
+    assert s["motion_smoothness"].value >= 0.93 and s["motion_smoothness"].totals["count"] > 1000
     assert set(summarize(s)) == set(METRICS)
 
 
@@ -271,6 +290,131 @@ def test_temporal_metrics_fail_on_frozen_noisy_and_jumping_video(world, gt_score
     assert pool(frozen).value == 0.0 and gt_scores["dynamic_degree"].value > 0.7
     assert pool(noisy).value > 2.0 and gt_scores["flicker"].value == 0.0
     assert pool(jumps).value > 3.0 > gt_scores["boundary_smoothness"].value
+
+
+def _perturbations(spec, rendered, seed: int) -> dict[str, list[np.ndarray]]:
+    """The ground truth and the perturbations the checks name, each as one frame array per shot."""
+    frames = _frames(rendered)
+    cols = [c.color for c in spec.characters]
+    swapped = tuple(dataclasses.replace(c, color=cols[(k + 1) % len(cols)]) for k, c in enumerate(spec.characters))
+    rotate = {"solid": "dots", "dots": "stripes", "stripes": "solid"}
+    other = tuple(dataclasses.replace(c, pattern=rotate[c.pattern]) for c in spec.characters)
+    rng = np.random.default_rng(seed)
+    return {
+        "ground truth": frames,
+        "shuffled shots": frames[1:] + frames[:1],
+        "swapped colours": _frames(render_scene(dataclasses.replace(spec, characters=swapped))),
+        "re-sampled patterns": _mix(rendered, render_scene(dataclasses.replace(spec, characters=other))),
+        "frozen frames": [np.repeat(f[:1], len(f), axis=0) for f in frames],
+        "frames shuffled in shots": [f[rng.permutation(len(f))] for f in frames],
+    }
+
+
+@pytest.mark.slow
+def test_ground_truth_is_at_the_top_of_every_metric(world):
+    """No perturbation scores better than ground truth on any metric (beyond 0.02 of sampling noise: e.g. a
+    frozen first frame can show shapes a little more cleanly), and each is caught by the metric meant for it."""
+    scores: dict[str, list] = {}
+    for k, (spec, script, rendered, _) in enumerate(world[:8]):
+        if len(spec.characters) < 2:
+            continue
+        for name, frames in _perturbations(spec, rendered, k).items():
+            scores.setdefault(name, []).append(score_scene(frames, script, truth=rendered))
+    pooled = {name: pool_scores(s) for name, s in scores.items()}
+    gt = pooled.pop("ground truth")
+    for name, p in pooled.items():
+        for metric in METRICS:
+            if metric == "pattern_distribution":  # a distribution over characters, not a per-scene target
+                continue
+            g, v = gt[metric].value, p[metric].value
+            if math.isnan(v):  # nothing measurable (e.g. motion smoothness of frozen video)
+                continue
+            assert (g >= v - 0.02) if gt[metric].higher_is_better else (g <= v + 0.02), (name, metric, g, v)
+    caught = {"shuffled shots": ("text_shot_alignment", "layout_ap"), "swapped colours": ("identity_fidelity", "layout_ap"),
+              "re-sampled patterns": ("appearance_consistency",), "frozen frames": ("dynamic_degree", "layout_ap"),
+              "frames shuffled in shots": ("motion_smoothness",)}
+    for name, metrics in caught.items():
+        for metric in metrics:
+            assert pooled[name][metric].value < gt[metric].value - 0.05, (name, metric)
+    assert math.isnan(pooled["frozen frames"]["motion_smoothness"].value)
+
+
+# ----------------------------------------------------------------------------------------------
+# layout AP and motion smoothness
+
+
+def test_average_precision_from_binned_counts():
+    # two confident hits, then one hit and one miss at lower confidence; 4 boxes to find
+    totals = {"gt": 4.0, "tp19": 2.0, "tp10": 1.0, "fp10": 1.0}
+    assert average_precision(totals) == pytest.approx(0.5 * 1.0 + 0.25 * 0.75)
+    assert average_precision({"gt": 4.0, "fp05": 3.0}) == 0.0
+    assert math.isnan(average_precision({"gt": 0.0}))
+    # a confident false positive ranked first lowers AP below precision x recall of the hits alone
+    assert average_precision({"gt": 2.0, "fp19": 1.0, "tp05": 2.0}) == pytest.approx(2 / 3)
+    assert box_iou((0, 0, 4, 4), (2, 0, 6, 4)) == pytest.approx(8 / 24) and box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+
+
+def test_layout_ap_follows_script_layouts(world):
+    spec, script, rendered, _ = next(w for w in world if len(w[0].shots) >= 2)
+    frames = _frames(rendered)
+    W, H = script.settings.resolution
+
+    def with_layouts(mirror: bool):
+        shots = []
+        for i, shot in enumerate(script.shots):
+            boxes = []
+            for t, frame_boxes in enumerate(rendered.shots[i].boxes):
+                for b in frame_boxes:
+                    if b.label.startswith("Character") and (b.x1 - b.x0) * (b.y1 - b.y0) >= 16:
+                        x0, y0, x1, y1 = b.normalized(W, H)
+                        if mirror:
+                            x0, x1 = 1 - x1, 1 - x0
+                        boxes.append(LayoutBox(label=b.label, box=(x0, y0, x1, y1), frame=t))
+            shots.append(shot.model_copy(update={"layout": boxes or None}))
+        return script.model_copy(update={"shots": shots})
+
+    right, mirrored = with_layouts(False), with_layouts(True)
+    good = layout_ap(frames, right)
+    assert {it["source"] for it in good.items} == {"layout"} and good.value >= 0.9
+    assert layout_ap(frames, mirrored).value < good.value - 0.3
+    # a prop label names its colour; an unknown one is an error naming the field
+    prop = script.model_copy(update={"shots": [script.shots[0].model_copy(update={"layout": [
+        LayoutBox(label="cyan star", box=(0.1, 0.1, 0.3, 0.3))]}), *script.shots[1:]]})
+    assert layout_ap(frames, prop).items[0]["gt"] == FRAMES
+    bad = script.model_copy(update={"shots": [script.shots[0].model_copy(update={"layout": [
+        LayoutBox(label="a tall knight", box=(0.1, 0.1, 0.3, 0.3))]}), *script.shots[1:]]})
+    with pytest.raises(VocabularyError, match=r"shots\[0\]\.layout\[0\]\.label"):
+        layout_ap(frames, bad)
+    with pytest.raises(ValueError, match="LayoutConfig.iou_threshold"):
+        LayoutConfig(iou_threshold=0.0)
+
+
+def test_motion_compensated_interpolation_is_exact_for_translation():
+    texture = np.random.default_rng(0).integers(30, 255, (6, 6, 3), dtype=np.uint8)
+    frames = np.zeros((6, 24, 24, 3), dtype=np.uint8)
+    for t in range(6):  # a textured patch moving 2 px right and 1 px down per frame (within radius 2)
+        frames[t, 4 + t : 10 + t, 3 + 2 * t : 9 + 2 * t] = texture
+    pred = motion_compensated_midframes(frames, radius=2, block=2)
+    assert pred.shape == (4, 24, 24, 3)
+    wrong = np.abs(pred - frames[1:-1]).max(-1) > 0  # [4, 24, 24]
+    # exact everywhere but at most two corner pixels per frame (a 5x5 window there cannot tell the motion)
+    assert wrong.sum(axis=(1, 2)).max() <= 2
+    still = np.repeat(frames[:1], 4, axis=0)
+    np.testing.assert_array_equal(motion_compensated_midframes(still), still[1:-1].astype(np.float32))
+    with pytest.raises(ValueError, match="T >= 3"):
+        motion_compensated_midframes(frames[:2])
+
+
+def test_motion_smoothness_fails_on_stuttering_noisy_and_shuffled_frames(world, gt_scores):
+    stutter, noisy = [], []
+    for k, (spec, script, rendered, _) in enumerate(world[:10]):
+        frames = _frames(rendered)
+        stutter.append(motion_smoothness([np.repeat(f[::2], 2, axis=0)[: len(f)] for f in frames], script))
+        noisy.append(motion_smoothness([_degrade(f, 0.01, 12.0, k) for f in frames], script))
+    gt = gt_scores["motion_smoothness"].value
+    assert pool(stutter).value < gt - 0.03 and pool(noisy).value < gt - 0.01
+    with pytest.raises(ValueError, match="TemporalConfig.motion_radius"):
+        TemporalConfig(motion_radius=-1)
 
 
 # ----------------------------------------------------------------------------------------------

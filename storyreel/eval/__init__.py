@@ -1,4 +1,5 @@
-"""Evaluation: pixel metrics for multi-shot StoryWorld video (see ``docs/evaluation.md``).
+"""Evaluation: pixel metrics for multi-shot StoryWorld video (see ``docs/evaluation.md``) and the
+StoryWorld benchmark suites (:mod:`storyreel.eval.bench`, ``docs/bench.md``).
 
 Typical use::
 
@@ -7,7 +8,8 @@ Typical use::
     summarize(scores)                            # {"identity_fidelity": 1.0, ...}
 """
 
-from storyreel.eval.detect import ColorTrack, DetectConfig, ShotDetection, detect_shot
+from storyreel.eval.detect import ColorTrack, DetectConfig, ShotDetection, detect_shot, track_confidence
+from storyreel.eval.layout import LayoutConfig, box_iou, layout_ap, truth_boxes
 from storyreel.eval.metrics import (
     METRICS,
     PATTERN_PRIOR,
@@ -17,10 +19,12 @@ from storyreel.eval.metrics import (
     TemporalConfig,
     analyze_scene,
     appearance_consistency,
+    average_precision,
     boundary_smoothness,
     dynamic_degree,
     flicker,
     identity_fidelity,
+    motion_smoothness,
     pattern_distribution,
     pool,
     pool_scores,
@@ -31,12 +35,14 @@ from storyreel.eval.metrics import (
     summarize,
     text_shot_alignment,
 )
+from storyreel.eval.temporal import motion_compensated_midframes, motion_compensated_neighbours
 
 __all__ = [
     "METRICS",
     "PATTERN_PRIOR",
     "ColorTrack",
     "DetectConfig",
+    "LayoutConfig",
     "MetricResult",
     "SceneAnalysis",
     "SettingConfig",
@@ -44,11 +50,17 @@ __all__ = [
     "TemporalConfig",
     "analyze_scene",
     "appearance_consistency",
+    "average_precision",
     "boundary_smoothness",
+    "box_iou",
     "detect_shot",
     "dynamic_degree",
     "flicker",
     "identity_fidelity",
+    "layout_ap",
+    "motion_compensated_midframes",
+    "motion_compensated_neighbours",
+    "motion_smoothness",
     "pattern_distribution",
     "pool",
     "pool_scores",
@@ -58,4 +70,6 @@ __all__ = [
     "split_video",
     "summarize",
     "text_shot_alignment",
+    "track_confidence",
+    "truth_boxes",
 ]

@@ -53,6 +53,7 @@ __all__ = [
     "pattern_of",
     "reference_palette",
     "setting_factors",
+    "track_confidence",
 ]
 
 _REFERENCE_SIDE = 64  # pixel thresholds below are given for 64 px frames and scale with min(H, W)
@@ -375,12 +376,14 @@ class ColorTrack:
 @dataclass
 class ShotDetection:
     """Detections of one shot: ``tracks`` per requested colour, ``classes`` int16 ``[T, H, W]``
-    (see :func:`classify_pixels`) and ``character_pixels`` bool ``[T, H, W]`` (pixels of any
-    palette colour or pattern shade, i.e. not background)."""
+    (see :func:`classify_pixels`), ``character_pixels`` bool ``[T, H, W]`` (pixels of any
+    palette colour or pattern shade, i.e. not background) and ``distance`` float32 ``[T, H, W]``
+    (each pixel's RGB distance to its nearest reference colour; None if not kept)."""
 
     tracks: dict[str, ColorTrack]
     classes: np.ndarray
     character_pixels: np.ndarray
+    distance: np.ndarray | None = None
 
     @property
     def present(self) -> set[str]:
@@ -545,9 +548,24 @@ def detect_shot(
         if c not in COLORS:
             raise ValueError(f"colour {c!r} is not a StoryWorld palette colour; allowed: {', '.join(COLORS)}")
     frames = check_frames(frames)
-    classes, _ = classify_pixels(frames, tolerance=config.tolerance, settings=None if setting is None else (setting,))
+    classes, distance = classify_pixels(frames, tolerance=config.tolerance, settings=None if setting is None else (setting,))
     n_char = 2 * len(reference_palette().colors)
     character_pixels = (classes >= 0) & (classes < n_char)
     tracks = {c: _track(c, frames, classes, config) for c in dict.fromkeys(colors)}
-    return ShotDetection(tracks=tracks, classes=classes, character_pixels=character_pixels)
+    return ShotDetection(tracks=tracks, classes=classes, character_pixels=character_pixels, distance=distance)
+
+
+def track_confidence(track: ColorTrack, distance: np.ndarray, *, tolerance: float) -> np.ndarray:
+    """Confidence in ``[0, 1]`` of each frame's body of ``track`` (0 where none was found): the mean of
+    the share of the shot's frames in which the colour is found (a body that comes and goes is less
+    trustworthy) and the body's colour purity, ``mean(1 - distance / tolerance)`` over its pixels
+    (blurred or off-palette bodies score lower). ``distance``: float ``[T, H, W]`` from
+    :func:`classify_pixels`. Returns float64 ``[T]``."""
+    T = track.found.shape[0]
+    conf = np.zeros(T, dtype=np.float64)
+    share = float(track.found.mean())
+    for t in np.flatnonzero(track.found).tolist():
+        purity = float(np.clip(1.0 - distance[t][track.masks[t]] / tolerance, 0.0, 1.0).mean())
+        conf[t] = 0.5 * share + 0.5 * purity
+    return conf
 

@@ -1,237 +1,66 @@
 """Pixel metrics for multi-shot StoryWorld video: identity, appearance and setting consistency,
-text–shot alignment and temporal quality, from generated frames plus the scene script.
+text–shot alignment, layout AP and temporal quality, from generated frames plus the scene script.
 
 Definitions adapted from Mask²DiT (Qi et al. 2025: visual consistency across shots, shot–text
 alignment), LCT (Guo et al. 2025: identity/appearance and background consistency across shots of
-one scene) and VBench (Huang et al. 2024: temporal flickering, dynamic degree). Feature models are
-replaced by exact colour segmentation (:mod:`storyreel.eval.detect`), which StoryWorld's palette
-makes possible. Every metric returns a :class:`MetricResult`: a float (NaN when there is nothing to
-measure), the totals it came from (so scenes pool exactly, :func:`pool`) and per-item details.
-See ``docs/evaluation.md`` for thresholds and calibration.
+one scene) and VBench (Huang et al. 2024: temporal flickering, motion smoothness, dynamic degree).
+Feature models are replaced by exact colour segmentation (:mod:`storyreel.eval.detect`), which
+StoryWorld's palette makes possible. Every metric returns a :class:`MetricResult`: a float (NaN when
+there is nothing to measure), the totals it came from (so scenes pool exactly, :func:`pool`) and
+per-item details. This module holds the identity / appearance / alignment / setting metrics and the
+bundle (:data:`METRICS`, :func:`score_scene`); the temporal metrics live in
+:mod:`storyreel.eval.temporal`, layout AP in :mod:`storyreel.eval.layout`, the shared result and
+analysis types in :mod:`storyreel.eval.common` (all re-exported here). See ``docs/evaluation.md``
+for thresholds and calibration.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import combinations
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from storyreel.eval.detect import DetectConfig, ShotDetection, check_frames, detect_shot, erode
+from storyreel.eval.common import (  # noqa: F401  (re-exported: the names metrics.py always had)
+    AP_BINS,
+    PATTERN_PRIOR,
+    MetricResult,
+    SceneAnalysis,
+    _analysis,
+    _box3,
+    _check_shots,
+    _frames_of,
+    _result,
+    _script_characters,
+    _validate,
+    _value,
+    analyze_scene,
+    average_precision,
+    pool,
+    pool_scores,
+    split_video,
+    summarize,
+)
+from storyreel.eval.detect import DetectConfig, erode
+from storyreel.eval.layout import LayoutConfig, layout_ap
+from storyreel.eval.temporal import TemporalConfig, boundary_smoothness, dynamic_degree, flicker, motion_smoothness
 from storyreel.script import SceneScript
-from storyreel.world.describe import parse_description, parse_setting, parse_shot_prompt
+from storyreel.world.describe import parse_shot_prompt
 from storyreel.world.vocab import PATTERNS
 
+if TYPE_CHECKING:
+    from storyreel.world.render import RenderedScene
+
 __all__ = [
-    "METRICS", "PATTERN_PRIOR", "MetricResult", "SceneAnalysis", "SettingConfig", "TemporalConfig", "analyze_scene",
-    "appearance_consistency", "boundary_smoothness", "dynamic_degree", "flicker", "identity_fidelity",
-    "pattern_distribution", "pool", "pool_scores", "score_scene", "setting_consistency", "shape_fidelity",
-    "split_video", "summarize", "text_shot_alignment",
+    "AP_BINS", "METRICS", "PATTERN_PRIOR", "LayoutConfig", "MetricResult", "SceneAnalysis", "SettingConfig",
+    "TemporalConfig", "analyze_scene", "appearance_consistency", "average_precision", "boundary_smoothness",
+    "dynamic_degree", "flicker", "identity_fidelity", "layout_ap", "motion_smoothness", "pattern_distribution", "pool",
+    "pool_scores", "score_scene", "setting_consistency", "shape_fidelity", "split_video", "summarize",
+    "text_shot_alignment",
 ]
-
-#: The sampler draws each character's pattern uniformly (``world/sampler.py``).
-PATTERN_PRIOR: dict[str, float] = {p: 1.0 / len(PATTERNS) for p in PATTERNS}
-
-
-# ----------------------------------------------------------------------------------------------
-# results
-
-
-@dataclass
-class MetricResult:
-    """One metric on one scene (or pooled over scenes).
-
-    ``value``: the score (NaN when nothing was measurable). ``kind`` says how ``totals`` make the
-    value, so results pool exactly: ``fraction`` (hits / count), ``f1`` (tp, fp, fn), ``mean``
-    (sum / count), ``setting`` (two fractions averaged, see :func:`setting_consistency`) or
-    ``distribution`` (a count per pattern, scored against :data:`PATTERN_PRIOR`). ``items``:
-    per-item details (JSON-able dicts). ``higher_is_better`` is False for ``flicker`` and
-    ``boundary_smoothness``.
-    """
-
-    name: str
-    value: float
-    kind: str
-    totals: dict[str, float]
-    items: list[dict[str, Any]] = field(default_factory=list)
-    higher_is_better: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (NaN becomes None)."""
-        v = None if math.isnan(self.value) else self.value
-        return {"name": self.name, "value": v, "kind": self.kind, "totals": dict(self.totals),
-                "higher_is_better": self.higher_is_better, "items": self.items}
-
-
-def _validate(owner: str, checks: list[tuple[str, object, bool, str]]) -> None:
-    """Raise ``ValueError`` for the first failed ``(field, value, ok, allowed)`` check of a config."""
-    for name, value, ok, allowed in checks:
-        if not ok:
-            raise ValueError(f"{owner}.{name}={value!r} is invalid; allowed: {allowed}")
-
-
-def _value(kind: str, totals: Mapping[str, float]) -> float:
-    if kind == "fraction" or kind == "mean":
-        key = "hits" if kind == "fraction" else "sum"
-        return totals[key] / totals["count"] if totals["count"] else float("nan")
-    if kind == "f1":
-        denom = 2 * totals["tp"] + totals["fp"] + totals["fn"]
-        return 2 * totals["tp"] / denom if denom else 1.0  # nothing to find and nothing found
-    if kind == "setting":
-        parts = [totals["color_hits"] / totals["color_count"]] if totals["color_count"] else []
-        if totals["decor_count"]:
-            parts.append(totals["decor_sum"] / totals["decor_count"])
-        return float(np.mean(parts)) if parts else float("nan")
-    if kind == "distribution":
-        n = sum(totals[p] for p in PATTERNS)
-        if not n:
-            return float("nan")
-        return 1.0 - 0.5 * sum(abs(totals[p] / n - PATTERN_PRIOR[p]) for p in PATTERNS)
-    raise ValueError(f"MetricResult.kind={kind!r} is unknown; allowed: fraction, f1, mean, setting, distribution")
-
-
-def _result(name: str, kind: str, totals: dict[str, float], items: list[dict[str, Any]], *,
-            higher: bool = True) -> MetricResult:
-    return MetricResult(name=name, value=_value(kind, totals), kind=kind, totals=totals, items=items,
-                        higher_is_better=higher)
-
-
-def pool(results: Sequence[MetricResult]) -> MetricResult:
-    """Pool one metric over scenes by summing its totals (micro average); items are concatenated
-    with a ``scene`` index added."""
-    if not results:
-        raise ValueError("pool() got no results; pass the MetricResult of at least one scene")
-    names = {(r.name, r.kind) for r in results}
-    if len(names) != 1:
-        raise ValueError(f"pool() got different metrics {sorted(names)}; pool one metric at a time")
-    first = results[0]
-    totals: dict[str, float] = {}
-    for r in results:
-        for k, v in r.totals.items():
-            totals[k] = totals.get(k, 0.0) + v
-    items = [{"scene": i, **it} for i, r in enumerate(results) for it in r.items]
-    return _result(first.name, first.kind, totals, items, higher=first.higher_is_better)
-
-
-def pool_scores(scores: Sequence[Mapping[str, MetricResult]]) -> dict[str, MetricResult]:
-    """Pool the :func:`score_scene` dicts of several scenes, metric by metric."""
-    if not scores:
-        raise ValueError("pool_scores() got no scenes; pass at least one score_scene() result")
-    return {name: pool([s[name] for s in scores]) for name in scores[0]}
-
-
-def summarize(scores: Mapping[str, MetricResult]) -> dict[str, float]:
-    """``{metric: value}`` of a :func:`score_scene` (or :func:`pool_scores`) result."""
-    return {name: r.value for name, r in scores.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# scene analysis (detections shared by every metric)
-
-
-@dataclass
-class SceneAnalysis:
-    """Colour detections of every shot of a scene, with what the script says.
-
-    ``characters``: id -> (colour, shape) from the global prompt; ``named[i]``: ids named in shot
-    ``i``'s prompt; ``shots[i]``: the :class:`ShotDetection` of shot ``i``; ``frames[i]``: its uint8
-    frames ``[T_i, H, W, 3]``; ``tracked``: False if only pixel classes were computed.
-    """
-
-    script: SceneScript
-    characters: dict[int, tuple[str, str]]
-    setting: str
-    named: list[list[int]]
-    frames: list[np.ndarray]
-    shots: list[ShotDetection]
-    tracked: bool = True
-
-
-def _script_characters(script: SceneScript) -> dict[int, tuple[str, str]]:
-    chars = {}
-    for j, c in enumerate(script.global_.characters):
-        chars[c.id] = parse_description(c.description, field=f"global.characters[{j}].description")
-    return chars
-
-
-def _check_shots(shots_frames: Sequence[np.ndarray], script: SceneScript) -> list[np.ndarray]:
-    if isinstance(shots_frames, np.ndarray):
-        raise ValueError(
-            "shots_frames is one array; pass a list with one uint8 [T, H, W, 3] array per shot "
-            "(split a whole video with storyreel.eval.metrics.split_video(video, script))"
-        )
-    shots = [check_frames(f, name=f"shots_frames[{i}]") for i, f in enumerate(shots_frames)]
-    if len(shots) != script.n_shots:
-        raise ValueError(
-            f"shots_frames has {len(shots)} shots but the script has {script.n_shots}; pass one frame "
-            "array per script shot, in order"
-        )
-    sizes = {f.shape[1:3] for f in shots}
-    if len(sizes) != 1:
-        raise ValueError(f"shots_frames mixes frame sizes {sorted(sizes)}; every shot must have the same H × W")
-    return shots
-
-
-def split_video(video: np.ndarray, script: SceneScript) -> list[np.ndarray]:
-    """Cut a whole video uint8 ``[sum T_i, H, W, 3]`` into the script's shots (``script.shot_frames``)."""
-    video = check_frames(video, name="video")
-    lengths = [script.shot_frames(i) for i in range(script.n_shots)]
-    if video.shape[0] != sum(lengths):
-        raise ValueError(
-            f"video has {video.shape[0]} frames but the script's shots add up to {sum(lengths)} "
-            f"({lengths}); pass the video generated for this script or split it yourself"
-        )
-    return list(np.split(video, np.cumsum(lengths)[:-1]))
-
-
-def analyze_scene(shots_frames: Sequence[np.ndarray], script: SceneScript, config: DetectConfig | None = None, *,
-                  track_characters: bool = True) -> SceneAnalysis:
-    """Detect every character colour of ``script`` in every shot.
-
-    Args:
-        shots_frames: one uint8 array ``[T_i, H, W, 3]`` per script shot (frame counts may differ
-            from the script's; sizes must agree).
-        script: the scene script; character descriptions and the setting must be in StoryWorld's
-            vocabulary (``a red circle``, ``a slate room``).
-        config: detector thresholds.
-        track_characters: False classifies pixels only (``shots[i].tracks`` stays empty), which
-            is all the setting and flicker metrics need.
-    """
-    shots = _check_shots(shots_frames, script)
-    characters = _script_characters(script)
-    setting = parse_setting(script.global_.setting, field="global.setting")
-    colors = [c for c, _ in characters.values()] if track_characters else []
-    detections = [detect_shot(f, colors, config, setting=setting) for f in shots]
-    named = [[n for n in script.characters_in_shot(i) if n in characters] for i in range(script.n_shots)]
-    return SceneAnalysis(script=script, characters=characters, setting=setting, named=named, frames=shots,
-                         shots=detections, tracked=track_characters)
-
-
-def _analysis(shots_frames: Sequence[np.ndarray] | None, script: SceneScript, analysis: SceneAnalysis | None,
-              config: DetectConfig | None, *, track_characters: bool = True) -> SceneAnalysis:
-    if analysis is not None:
-        if analysis.script is not script and analysis.script != script:
-            raise ValueError("analysis was made for another script; pass the same script or no analysis")
-        if track_characters and not analysis.tracked:
-            raise ValueError("analysis has no character tracks; make it with analyze_scene(..., track_characters=True)")
-        return analysis
-    if shots_frames is None:
-        raise ValueError("pass shots_frames (one uint8 [T, H, W, 3] array per shot) or a precomputed analysis")
-    return analyze_scene(shots_frames, script, config, track_characters=track_characters)
-
-
-def _frames_of(shots_frames: Sequence[np.ndarray] | None, script: SceneScript,
-               analysis: SceneAnalysis | None) -> list[np.ndarray]:
-    """The checked frames of every shot, from ``analysis`` when given (no detection needed)."""
-    if analysis is not None:
-        return _analysis(None, script, analysis, None, track_characters=False).frames
-    if shots_frames is None:
-        raise ValueError("pass shots_frames (one uint8 [T, H, W, 3] array per shot) or a precomputed analysis")
-    return _check_shots(shots_frames, script)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,128 +295,27 @@ def setting_consistency(shots_frames: Sequence[np.ndarray] | None, script: Scene
 
 
 # ----------------------------------------------------------------------------------------------
-# temporal
-
-
-@dataclass(frozen=True, kw_only=True)
-class TemporalConfig:
-    """Thresholds of the temporal metrics (intensities in 0..255 units).
-
-    Attributes:
-        change_threshold: a pixel moved between two frames if its 3×3-box-smoothed value changed by
-            more than this in some channel (smoothing keeps sensor-like noise below it).
-        dynamic_threshold: a shot is dynamic if on average at least this share of its pixels move
-            between consecutive frames.
-        eps: added to both sides of the boundary-smoothness ratio, so static shots give 1, not 0/0.
-    """
-
-    change_threshold: float = 24.0
-    dynamic_threshold: float = 0.002
-    eps: float = 0.5
-
-    def __post_init__(self) -> None:
-        _validate("TemporalConfig", [
-            ("change_threshold", self.change_threshold, 0 < self.change_threshold < 255, "a number in (0, 255)"),
-            ("dynamic_threshold", self.dynamic_threshold, 0 < self.dynamic_threshold < 1, "a number in (0, 1)"),
-            ("eps", self.eps, self.eps > 0, "a number > 0"),
-        ])
-
-
-def _box3(frames: np.ndarray) -> np.ndarray:
-    """3×3 box filter (edge-replicated) of ``[T, H, W, 3]`` -> float32 ``[T, H, W, 3]``."""
-    f = np.pad(frames.astype(np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")  # [T, H+2, W+2, 3]
-    H, W = frames.shape[1:3]
-    return sum(f[:, dy : dy + H, dx : dx + W] for dy in range(3) for dx in range(3)) / 9.0
-
-
-def flicker(shots_frames: Sequence[np.ndarray] | None, script: SceneScript, *,
-            config: DetectConfig | None = None, analysis: SceneAnalysis | None = None) -> MetricResult:
-    """Mean absolute frame-to-frame change (0..255) in static background regions — pixels that are
-    background in both frames and keep their reference class (so neither a moving character nor a
-    panning décor edge counts). 0 for clean renders; lower is better (VBench temporal flickering,
-    restricted to static regions)."""
-    a = _analysis(shots_frames, script, analysis, config, track_characters=False)
-    items = []
-    total = count = 0.0
-    for i, (frames, det) in enumerate(zip(a.frames, a.shots, strict=True)):
-        if frames.shape[0] < 2:
-            continue
-        bg = ~det.character_pixels  # [T, H, W]
-        static = bg[1:] & bg[:-1] & (det.classes[1:] == det.classes[:-1])  # [T-1, H, W]
-        diff = np.abs(frames[1:].astype(np.int16) - frames[:-1].astype(np.int16)).mean(-1)  # [T-1, H, W]
-        s, n = float(diff[static].sum()), float(static.sum())
-        items.append({"shot": i, "flicker": s / n if n else float("nan"), "pixels": int(n)})
-        total, count = total + s, count + n
-    return _result("flicker", "mean", {"sum": total, "count": count}, items, higher=False)
-
-
-def _motion(frames: np.ndarray, cfg: TemporalConfig) -> np.ndarray:
-    """Share of moving pixels between consecutive frames of ``[T, H, W, 3]``: float ``[T-1]``."""
-    sm = _box3(frames)  # [T, H, W, 3]
-    moved = (np.abs(sm[1:] - sm[:-1]) > cfg.change_threshold).any(-1)  # [T-1, H, W]
-    return moved.mean(axis=(1, 2))
-
-
-def dynamic_degree(shots_frames: Sequence[np.ndarray] | None, script: SceneScript, *,
-                   temporal_config: TemporalConfig | None = None,
-                   analysis: SceneAnalysis | None = None) -> MetricResult:
-    """Share of shots that move: mean share of moving pixels between consecutive frames at least
-    ``dynamic_threshold`` (VBench's dynamic degree with frame differences for optical flow).
-    Frozen or near-static video scores low; single-frame shots are left out."""
-    cfg = temporal_config or TemporalConfig()
-    shots = _frames_of(shots_frames, script, analysis)
-    items = []
-    for i, frames in enumerate(shots):
-        if frames.shape[0] < 2:
-            continue
-        m = float(_motion(frames, cfg).mean())
-        items.append({"shot": i, "motion": round(m, 5), "ok": m >= cfg.dynamic_threshold})
-    totals = {"hits": float(sum(it["ok"] for it in items)), "count": float(len(items))}
-    return _result("dynamic_degree", "fraction", totals, items)
-
-
-def boundary_smoothness(shots_frames: Sequence[np.ndarray] | None, script: SceneScript, *,
-                        temporal_config: TemporalConfig | None = None,
-                        analysis: SceneAnalysis | None = None) -> MetricResult:
-    """Smoothness of long takes: for every shot with ``cut: false``, the mean absolute difference
-    (0..255) between the previous shot's last frame and its first frame, divided by the mean
-    within-shot frame difference of the two shots (``eps`` added to both). About 1 for a seamless
-    continuation, much more for a jump; lower is better; NaN without long-take boundaries."""
-    cfg = temporal_config or TemporalConfig()
-    shots = _frames_of(shots_frames, script, analysis)
-    items = []
-    for i in range(1, len(shots)):
-        if script.shots[i].cut:
-            continue
-        prev, cur = shots[i - 1].astype(np.float32), shots[i].astype(np.float32)
-        across = float(np.abs(cur[0] - prev[-1]).mean())
-        within = [np.abs(np.diff(s, axis=0)).mean(axis=(1, 2, 3)) for s in (prev, cur) if s.shape[0] > 1]
-        inside = float(np.concatenate(within).mean()) if within else 0.0
-        ratio = (across + cfg.eps) / (inside + cfg.eps)
-        items.append({"shot": i, "across": round(across, 3), "within": round(inside, 3), "ratio": round(ratio, 4)})
-    totals = {"sum": float(sum(it["ratio"] for it in items)), "count": float(len(items))}
-    return _result("boundary_smoothness", "mean", totals, items, higher=False)
-
-
-# ----------------------------------------------------------------------------------------------
 # bundle
 
 #: Metrics computed by :func:`score_scene`, in order.
 METRICS: tuple[str, ...] = (
     "identity_fidelity", "shape_fidelity", "appearance_consistency", "pattern_distribution", "text_shot_alignment",
-    "setting_consistency", "flicker", "dynamic_degree", "boundary_smoothness",
+    "setting_consistency", "layout_ap", "flicker", "motion_smoothness", "dynamic_degree", "boundary_smoothness",
 )
 
 
 def score_scene(shots_frames: Sequence[np.ndarray] | None, script: SceneScript, *, config: DetectConfig | None = None,
                 setting_config: SettingConfig | None = None, temporal_config: TemporalConfig | None = None,
-                analysis: SceneAnalysis | None = None) -> dict[str, MetricResult]:
+                layout_config: LayoutConfig | None = None, analysis: SceneAnalysis | None = None,
+                truth: RenderedScene | None = None) -> dict[str, MetricResult]:
     """Every metric of :data:`METRICS` for one scene (detections computed once).
 
     Args:
         shots_frames: one uint8 array ``[T_i, H, W, 3]`` per script shot (or None with ``analysis``).
         script: the scene script the video was generated from.
         analysis: a precomputed :func:`analyze_scene` of these frames, to reuse.
+        truth: the StoryWorld render of ``script`` (``render_script(script)``), to reuse for layout
+            AP's ground-truth boxes; rendered when needed and not given.
 
     Returns:
         ``{name: MetricResult}``; :func:`summarize` turns it into ``{name: float}``,
@@ -602,7 +330,9 @@ def score_scene(shots_frames: Sequence[np.ndarray] | None, script: SceneScript, 
         "pattern_distribution": pattern_distribution(None, script, **kw),
         "text_shot_alignment": text_shot_alignment(None, script, **kw),
         "setting_consistency": setting_consistency(None, script, setting_config=setting_config, **kw),
+        "layout_ap": layout_ap(None, script, config=config, truth=truth, layout_config=layout_config, **kw),
         "flicker": flicker(None, script, **kw),
+        "motion_smoothness": motion_smoothness(None, script, temporal_config=temporal_config, **kw),
         "dynamic_degree": dynamic_degree(None, script, temporal_config=temporal_config, **kw),
         "boundary_smoothness": boundary_smoothness(None, script, temporal_config=temporal_config, **kw),
     }
