@@ -14,18 +14,16 @@ regenerating exactly the shots that :meth:`SceneWriter.finished_shots` does not 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from storyreel.media import _check_fps, _check_frames, read_video, write_storyboard, write_video
-from storyreel.utils import atomic_write
+from storyreel.utils import atomic_write, sha256_file, utc_now
 
 __all__ = ["SceneWriter", "sha256_file"]
 
@@ -33,17 +31,6 @@ SCENE_FORMAT = "storyreel-scene/1"
 _RESERVED = ("format", "fps", "n_shots", "total_frames", "files", "shots", "created")
 
 
-def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -134,7 +121,7 @@ class SceneWriter:
             "fps": self.fps,
             "sha256": sha256_file(mp4),
             "meta": meta if meta is not None else {},
-            "created": _now(),
+            "created": utc_now(),
         }
         _write_json(self.sidecar_path(i), sidecar)
         return sidecar
@@ -250,7 +237,7 @@ class SceneWriter:
                 }
                 for i, text, s, r in zip(indices, texts, shots, records)
             ],
-            "created": _now(),
+            "created": utc_now(),
         }
         _write_json(self.scene_json_path, scene)
         return scene

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import tempfile
@@ -12,7 +13,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write", "seed_everything"]
+__all__ = ["atomic_path", "atomic_write", "seed_everything", "sha256_file", "utc_now"]
 
 # The process umask, read once at import: os.umask can only be read by setting it, which is not
 # thread-safe (the trainer writes checkpoints while a prefetch thread runs).
@@ -67,3 +68,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (read in ``chunk``-byte blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second (timestamps in manifests and run records)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

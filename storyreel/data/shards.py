@@ -9,7 +9,6 @@ so the same inputs give byte-identical shards (and identical sha256 in the manif
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -18,13 +17,12 @@ import tarfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from storyreel.utils import atomic_path, atomic_write
+from storyreel.utils import atomic_path, atomic_write, sha256_file, utc_now
 
 __all__ = [
     "FORMAT",
@@ -57,16 +55,6 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +293,7 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True, allow_in
                 f"shard {shard} has {shard.stat().st_size} bytes but the manifest records {entry['size']} (truncated or "
                 "replaced); re-run the same `storyreel data synth` command to rewrite it"
             )
-        if verify and _sha256(shard) != entry["sha256"]:
+        if verify and sha256_file(shard) != entry["sha256"]:
             raise DatasetError(
                 f"shard {shard} fails its sha256 check (corrupt or modified); re-run the same `storyreel data synth` "
                 "command to rewrite it"
@@ -367,7 +355,7 @@ class ShardWriter:
         self._buffer: list[dict[str, bytes]] = []
         self._keys: set[str] = set()
         self._shards: list[dict[str, Any]] = []
-        self._created = _now()
+        self._created = utc_now()
         self._complete = False
         self._closed = False
         self._resume()
@@ -420,14 +408,14 @@ class ShardWriter:
                 entry.get("file") == shard_name(i)
                 and shard.is_file()
                 and entry.get("scenes") == self.scenes_per_shard
-                and _sha256(shard) == entry.get("sha256")
+                and sha256_file(shard) == entry.get("sha256")
             )
             final_partial = (
                 old.get("complete")
                 and i == len(old["shards"]) - 1
                 and shard.is_file()
                 and entry.get("file") == shard_name(i)
-                and _sha256(shard) == entry.get("sha256")
+                and sha256_file(shard) == entry.get("sha256")
             )
             if not (ok or final_partial):
                 break  # this shard and every later one are rewritten
@@ -485,7 +473,7 @@ class ShardWriter:
                         tar.addfile(info, io.BytesIO(payload))
                     keys.append(next(iter(files)).removesuffix(".json"))
         self._shards.append(
-            {"file": path.name, "scenes": len(self._buffer), "size": path.stat().st_size, "sha256": _sha256(path), "keys": keys}
+            {"file": path.name, "scenes": len(self._buffer), "size": path.stat().st_size, "sha256": sha256_file(path), "keys": keys}
         )
         self._buffer = []
         self._write_manifest()
@@ -505,7 +493,7 @@ class ShardWriter:
             "params": self.params,
             "storyreel_version": __version__,
             "created": self._created,
-            "updated": _now(),
+            "updated": utc_now(),
         }
         with atomic_write(self.root / MANIFEST, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1, ensure_ascii=False)

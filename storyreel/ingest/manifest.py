@@ -15,7 +15,6 @@ the video in progress, whose half-written files are replaced on the next run.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from storyreel.data.shards import FORMAT, FORMAT_VERSION, SceneSample, encode_scene, iter_shard_raw, shard_name
-from storyreel.utils import atomic_path, atomic_write
+from storyreel.utils import atomic_path, atomic_write, sha256_file, utc_now
 
 __all__ = ["IngestWriter"]
 
@@ -34,18 +33,6 @@ DETAILS_DIR = "videos"
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> dict[str, Any]:
@@ -58,7 +45,7 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> dict[str, Any]:
                 info.mtime = 0
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(payload))
-    return {"file": path.name, "size": path.stat().st_size, "sha256": _sha256(path)}
+    return {"file": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _members(files: dict[str, bytes]) -> list[tuple[str, bytes]]:
@@ -82,7 +69,7 @@ class IngestWriter:
         self.scenes_per_shard = int(scenes_per_shard)
         self._shards: list[dict[str, Any]] = []
         self._videos: dict[str, dict[str, Any]] = {}
-        self._created = _now()
+        self._created = utc_now()
         self._complete = False
         self._open_extra: list[dict[str, bytes]] = []  # scenes that will extend the open (last) shard
         self._pending: list[dict[str, Any]] = []  # full new shards written this video, not yet listed
@@ -137,7 +124,7 @@ class IngestWriter:
     def _repair_last(self, entry: dict[str, Any]) -> None:
         """The last shard may hold scenes of an uncommitted video (crash during a commit): keep the listed ones."""
         path = self.root / entry["file"]
-        if path.stat().st_size == entry["size"] and _sha256(path) == entry["sha256"]:
+        if path.stat().st_size == entry["size"] and sha256_file(path) == entry["sha256"]:
             return
         listed = list(entry.get("keys", []))
         groups = {k: f for k, f in iter_shard_raw(path) if k in set(listed)}
@@ -169,7 +156,7 @@ class IngestWriter:
             },
             "storyreel_version": __version__,
             "created": self._created,
-            "updated": _now(),
+            "updated": utc_now(),
         }
         with atomic_write(self.root / MANIFEST, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1, ensure_ascii=False)

@@ -382,20 +382,7 @@ class MultiShotMMDiT(nn.Module, PretrainedMixin):
     ) -> tuple[_Packing, list[Tensor], Tensor | None, Tensor]:
         if not isinstance(layout, SequenceLayout):
             raise ValueError(f"layout must be a SequenceLayout, got {type(layout).__name__}")
-        n_cached = 0
-        if kv_cache is not None and kv_cache.layout is not None:
-            cached = kv_cache.layout.segments
-            n_cached = len(cached)
-            if n_cached > layout.n_segments or tuple(layout.segments[:n_cached]) != tuple(cached):
-                raise ValueError(
-                    f"kv_cache holds {n_cached} segment(s) that are not a prefix of the layout ({layout.n_segments} "
-                    "segments); pass the FULL layout (cached prefix + new segments) or clear the cache"
-                )
-            if n_cached == layout.n_segments:
-                raise ValueError(
-                    f"kv_cache already holds all {n_cached} segments of the layout; append the segments to compute "
-                    "(layout.append([...])) before calling the model"
-                )
+        n_cached = kv_cache.prefix_of(layout) if kv_cache is not None else 0
         pack = _packing(layout, n_cached)
         if pack.vis_segments:
             lat = self._split_x(x, layout, pack.vis_segments)

@@ -48,6 +48,28 @@ class KVCache:
         """Number of committed segments."""
         return 0 if self.layout is None else self.layout.n_segments
 
+    def prefix_of(self, layout: SequenceLayout) -> int:
+        """Number of segments of ``layout`` this cache already holds (0 when empty).
+
+        ``layout`` is the FULL layout of a forward (cached prefix + the segments to compute). Raises
+        ``ValueError`` when the cached segments are not a prefix of it, or when nothing is left to compute.
+        """
+        if self.layout is None:
+            return 0
+        cached = self.layout.segments
+        n_cached = len(cached)
+        if n_cached > layout.n_segments or tuple(layout.segments[:n_cached]) != tuple(cached):
+            raise ValueError(
+                f"kv_cache holds {n_cached} segment(s) that are not a prefix of the layout ({layout.n_segments} "
+                "segments); pass the FULL layout (cached prefix + new segments) or clear the cache"
+            )
+        if n_cached == layout.n_segments:
+            raise ValueError(
+                f"kv_cache already holds all {n_cached} segments of the layout; append the segments to compute "
+                "(layout.append([...])) before calling the model"
+            )
+        return n_cached
+
     @property
     def nbytes(self) -> int:
         """Bytes held by all cached tensors."""
