@@ -119,7 +119,9 @@ def test_results_are_written_atomically(scripts, pipe, tmp_path, monkeypatch, on
         raise RuntimeError("plot failed")
 
     with monkeypatch.context() as m:
-        m.setattr(bench.bench_plots, "bar_chart", broken)
+        from storyreel.eval import bench_plots
+
+        m.setattr(bench_plots, "bar_chart", broken)
         with pytest.raises(RuntimeError, match="plot failed"):
             run_suite("baselines", model=pipe, scripts=scripts[:1], out_dir=tmp_path, steps=2, progress=False, storyclip=None)
     assert md.read_text(encoding="utf-8") == "previous result\n"  # a failed run leaves the old table as it was

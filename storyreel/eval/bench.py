@@ -29,7 +29,6 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
-from storyreel.eval import bench_plots
 from storyreel.eval.metrics import MetricResult, SettingConfig, pool_scores, score_scene, summarize
 from storyreel.script import SceneScript
 from storyreel.utils import atomic_write
@@ -487,6 +486,8 @@ def _cost_rows(accs: list[_Acc]) -> list[dict[str, Any]]:
 def _write(name: str, out: Path, *, pipe: Any, rows: list[dict[str, Any]], per_shot: dict, cost: list[dict[str, Any]],
            cases: list, scripts: list[SceneScript], clip_status: str, clip_on: bool, wall: float, cpu: float, device: str,
            steps: int | None, seed: int, model: Any, command: str | None) -> list[Path]:
+    from storyreel.eval import bench_plots  # matplotlib: loaded only when a suite writes its plots
+
     info = SUITES[name]
     mach = machine_info(device)
     stem = f"bench-{name}"

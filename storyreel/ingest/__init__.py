@@ -6,32 +6,46 @@ unchanged. Shot boundaries come from PySceneDetect, frames from PyAV; the manife
 per video and records every bad input with its reason.
 """
 
-from storyreel.ingest.cache import DiffusersVAE, SceneCache, resolve_autoencoder, resolve_text_encoder
-from storyreel.ingest.captions import (
-    CaptionEntry,
-    CaptionFile,
-    CaptionFileError,
-    Captioner,
-    VideoCaptions,
-    assign_captions,
-    format_global_prompt,
-    load_captioner,
-    load_captions,
-)
-from storyreel.ingest.config import DETECTORS, IngestConfig
-from storyreel.ingest.frames import (
-    ClipPlan,
-    brightness,
-    content_box,
-    crop_to_aspect,
-    decode_frames,
-    keyframe_similarity,
-    plan_clip,
-    resize_clip,
-)
-from storyreel.ingest.manifest import IngestWriter
-from storyreel.ingest.pipeline import IngestReport, VideoResult, ingest_videos, video_id
-from storyreel.ingest.shots import ShotSpan, VideoInputError, VideoProbe, detect_shots, probe_video, scenedetect_cli_args
+import importlib
+from typing import Any
+
+# name -> submodule; imported on first use so that `storyreel --help` does not pay for torch / PyAV / OpenCV
+_LAZY = {
+    "DiffusersVAE": "storyreel.ingest.cache",
+    "SceneCache": "storyreel.ingest.cache",
+    "resolve_autoencoder": "storyreel.ingest.cache",
+    "resolve_text_encoder": "storyreel.ingest.cache",
+    "CaptionEntry": "storyreel.ingest.captions",
+    "CaptionFile": "storyreel.ingest.captions",
+    "CaptionFileError": "storyreel.ingest.captions",
+    "Captioner": "storyreel.ingest.captions",
+    "VideoCaptions": "storyreel.ingest.captions",
+    "assign_captions": "storyreel.ingest.captions",
+    "format_global_prompt": "storyreel.ingest.captions",
+    "load_captioner": "storyreel.ingest.captions",
+    "load_captions": "storyreel.ingest.captions",
+    "DETECTORS": "storyreel.ingest.config",
+    "IngestConfig": "storyreel.ingest.config",
+    "ClipPlan": "storyreel.ingest.frames",
+    "brightness": "storyreel.ingest.frames",
+    "content_box": "storyreel.ingest.frames",
+    "crop_to_aspect": "storyreel.ingest.frames",
+    "decode_frames": "storyreel.ingest.frames",
+    "keyframe_similarity": "storyreel.ingest.frames",
+    "plan_clip": "storyreel.ingest.frames",
+    "resize_clip": "storyreel.ingest.frames",
+    "IngestWriter": "storyreel.ingest.manifest",
+    "IngestReport": "storyreel.ingest.pipeline",
+    "VideoResult": "storyreel.ingest.pipeline",
+    "ingest_videos": "storyreel.ingest.pipeline",
+    "video_id": "storyreel.ingest.pipeline",
+    "ShotSpan": "storyreel.ingest.shots",
+    "VideoInputError": "storyreel.ingest.shots",
+    "VideoProbe": "storyreel.ingest.shots",
+    "detect_shots": "storyreel.ingest.shots",
+    "probe_video": "storyreel.ingest.shots",
+    "scenedetect_cli_args": "storyreel.ingest.shots",
+}
 
 __all__ = [
     "DETECTORS",
@@ -69,3 +83,15 @@ __all__ = [
     "scenedetect_cli_args",
     "video_id",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'storyreel.ingest' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
