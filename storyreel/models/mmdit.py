@@ -30,7 +30,7 @@ from storyreel.nn.modulation import AdaLNModulation, gate, modulate
 from storyreel.nn.rope import apply_rope, rope_axes_dims, rope_cos_sin
 from storyreel.pretrained import PretrainedMixin
 
-__all__ = ["MMDiTBlock", "MMDiTConfig", "MODELS", "MultiShotMMDiT", "get_model_config"]
+__all__ = ["MMDiTBlock", "MMDiTConfig", "MODELS", "MultiShotMMDiT", "get_model_config", "split_segment_latents"]
 
 _VISUAL = (Modality.VIDEO, Modality.IMAGE)
 
@@ -353,29 +353,8 @@ class MultiShotMMDiT(nn.Module, PretrainedMixin):
 
     def _split_x(self, x: Tensor | Sequence[Tensor], layout: SequenceLayout, vis: tuple[int, ...]) -> list[Tensor]:
         """``x`` (concatenated along time, or a list) → one latent ``[B, C, T_i, H_i, W_i]`` per visual segment."""
-        if isinstance(x, Tensor):
-            frames = [self._frames(layout, i) for i in vis]
-            if x.dim() != 5 or x.shape[2] != sum(frames):
-                raise ValueError(
-                    f"x has shape {tuple(x.shape)} ({x.shape[2] if x.dim() == 5 else '?'} latent frames) but the layout's "
-                    f"{len(vis)} new video segment(s) need {sum(frames)} frames (per segment {frames}); pass [B, C, T_total, H, W]"
-                )
-            spatial = sorted({tuple(layout.segments[i].grid[1:]) for i in vis})
-            if len(spatial) > 1:
-                raise ValueError(
-                    f"the new video segments have different spatial token grids {spatial}, so they cannot be "
-                    "concatenated along time in one x tensor; pass x as a list of per-segment latents"
-                )
-            parts = list(torch.split(x, frames, dim=2))  # [B, C, T_total, H, W] → per segment [B, C, T_i, H, W]
-        else:
-            parts = list(x)
-            if len(parts) != len(vis):
-                raise ValueError(
-                    f"x is a list of {len(parts)} latents but the layout has {len(vis)} new video/image segments; pass one per segment"
-                )
-        for j, (lat, seg) in enumerate(zip(parts, vis)):
-            self._check_latent(lat, layout, seg, what=f"x[{j}]" if not isinstance(x, Tensor) else f"x (segment {seg})")
-        return parts
+        return split_segment_latents(x, layout, vis, frames_of=lambda i: self._frames(layout, i),
+                                     check=lambda lat, seg, what: self._check_latent(lat, layout, seg, what=what))
 
     def _prepare(
         self, x: Any, t: Tensor, context: Tensor | None, layout: SequenceLayout, kv_cache: KVCache | None
@@ -553,3 +532,44 @@ class MultiShotMMDiT(nn.Module, PretrainedMixin):
             flops += 2 * 2 * pairs[pol.name] * h  # QKᵀ and AV over allowed pairs, all heads
         flops += 2 * s * h * 2 * h + 2 * lv * h * cfg.patch_dim  # final adaLN + head
         return int(flops * batch)
+
+
+def split_segment_latents(
+    x: Tensor | Sequence[Tensor] | None, layout: SequenceLayout, vis: Sequence[int], *,
+    frames_of: Any, check: Any,
+) -> list[Tensor]:
+    """Split a model's video input into one latent per new visual segment (shared by every backbone).
+
+    Args:
+        x: ``[B, C, T_total, H, W]`` latents of the segments ``vis`` concatenated along time, or a list of
+            per-segment ``[B, C, T_i, H_i, W_i]``.
+        vis: the layout's new VIDEO/IMAGE segment indices, in order.
+        frames_of: ``seg -> latent frames`` of a segment (the backbone's temporal patch rule).
+        check: ``(latent, seg, name) -> None`` validates one latent against its segment (raises ``ValueError``).
+    """
+    if isinstance(x, Tensor):
+        frames = [int(frames_of(i)) for i in vis]
+        if x.dim() != 5 or x.shape[2] != sum(frames):
+            raise ValueError(
+                f"x has shape {tuple(x.shape)} ({x.shape[2] if x.dim() == 5 else '?'} latent frames) but the layout's "
+                f"{len(vis)} new video segment(s) need {sum(frames)} latent frames (per segment {frames}); "
+                "pass [B, C, T_total, H, W]"
+            )
+        spatial = sorted({tuple(layout.segments[i].grid[1:]) for i in vis})
+        if len(spatial) > 1:
+            raise ValueError(
+                f"the new video segments have different spatial token grids {spatial}, so they cannot be "
+                "concatenated along time in one x tensor; pass x as a list of per-segment latents"
+            )
+        parts = list(torch.split(x, frames, dim=2))  # [B, C, T_total, H, W] → per segment [B, C, T_i, H, W]
+        names = [f"x (segment {i})" for i in vis]
+    else:
+        parts = list(x) if x is not None else []
+        if len(parts) != len(vis):
+            raise ValueError(
+                f"x is a list of {len(parts)} latents but the layout has {len(vis)} new video/image segments; pass one per segment"
+            )
+        names = [f"x[{j}]" for j in range(len(parts))]
+    for lat, seg, name in zip(parts, vis, names):
+        check(lat, seg, name)
+    return parts

@@ -22,6 +22,7 @@ import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import Tensor, nn
 
+from storyreel.models.mmdit import split_segment_latents
 from storyreel.nn.attention import attention
 from storyreel.nn.kvcache import KVCache
 from storyreel.nn.layout import Modality, SequenceLayout
@@ -282,6 +283,11 @@ class SceneAdapterBase(nn.Module):
 
     # ------------------------------------------------------------------ config-like attributes
     @property
+    def hidden(self) -> int:
+        """Model width: heads × head dim."""
+        return int(self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim)
+
+    @property
     def num_layers(self) -> int:
         return int(self.transformer.config.num_layers)
 
@@ -339,29 +345,8 @@ class SceneAdapterBase(nn.Module):
             )
 
     def _split_x(self, x: Any, layout: SequenceLayout, vis: tuple[int, ...]) -> list[Tensor]:
-        if isinstance(x, Tensor):
-            frames = [self._latent_frames(layout, i) for i in vis]
-            if x.dim() != 5 or x.shape[2] != sum(frames):
-                raise ValueError(
-                    f"x has shape {tuple(x.shape)} but the layout's {len(vis)} new video segment(s) need {sum(frames)} "
-                    f"latent frames in total (per segment {frames}); pass [B, C, T_total, H, W]"
-                )
-            spatial = sorted({tuple(layout.segments[i].grid[1:]) for i in vis})
-            if len(spatial) > 1:
-                raise ValueError(
-                    f"the new video segments have different spatial token grids {spatial}, so they cannot be "
-                    "concatenated along time in one x tensor; pass x as a list of per-segment latents"
-                )
-            parts = list(torch.split(x, frames, dim=2))  # [B, C, T_total, H, W] -> per segment [B, C, T_i, H, W]
-            names = [f"x (segment {i})" for i in vis]
-        else:
-            parts = list(x) if x is not None else []
-            if len(parts) != len(vis):
-                raise ValueError(f"x is a list of {len(parts)} latents but the layout has {len(vis)} new video/image segments; pass one per segment")
-            names = [f"x[{j}]" for j in range(len(parts))]
-        for lat, seg, name in zip(parts, vis, names):
-            self._check_latent(lat, layout, seg, name)
-        return parts
+        return split_segment_latents(x, layout, vis, frames_of=lambda i: self._latent_frames(layout, i),
+                                     check=lambda lat, seg, what: self._check_latent(lat, layout, seg, what))
 
     def _prepare(
         self, x: Any, t: Any, context: Tensor | None, layout: SequenceLayout, kv_cache: KVCache | None, cache_write: bool

@@ -266,10 +266,6 @@ class CogVideoXSceneAdapter(SceneAdapterBase):
     def text_len(self) -> int:
         return int(self.transformer.config.max_text_seq_length)
 
-    @property
-    def hidden(self) -> int:
-        return int(self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim)
-
     def _install_processors(self) -> None:
         for block in self.transformer.transformer_blocks:
             if not isinstance(block.attn1.processor, CogVideoXSceneProcessor):

@@ -227,10 +227,6 @@ class WanSceneAdapter(SceneAdapterBase):
     def text_len(self) -> int:
         return WAN_TEXT_LEN
 
-    @property
-    def hidden(self) -> int:
-        return int(self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim)
-
     def _install_processors(self) -> None:
         for block in self.transformer.blocks:
             if not isinstance(block.attn1.processor, WanSceneSelfProcessor):
