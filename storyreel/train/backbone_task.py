@@ -25,7 +25,7 @@ from storyreel.diffusion import expand_shot_timesteps
 from storyreel.pretrained import CONFIG_NAME, WEIGHTS_NAME
 from storyreel.train.batching import BatchBuilder, TrainBatch, WindowSampler
 from storyreel.train.config import BackboneConfig, Recipe, RecipeError
-from storyreel.train.scene_task import shot_loss
+from storyreel.train.scene_task import WindowTask, last_shot_loss, shot_loss
 from storyreel.train.scenes import SceneIndex
 
 __all__ = [
@@ -204,7 +204,7 @@ class _TrainForward(nn.Module):
         return self.adapter(*args, **kwargs)
 
 
-class BackboneTask:
+class BackboneTask(WindowTask):
     """A Wan / CogVideoX scene adapter fine-tuned on storyreel shards (the Task protocol of ``train/trainer.py``)."""
 
     def __init__(self, recipe: Recipe, *, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
@@ -276,9 +276,6 @@ class BackboneTask:
 
     # -- Task protocol ----------------------------------------------------------------------------
 
-    def batch(self, step: int, micro: int) -> TrainBatch:
-        return self.builder.build(step, micro).to(self.device)
-
     def loss(self, model: nn.Module, batch: TrainBatch) -> tuple[Tensor, dict[str, float]]:
         """Noise every shot at its own level with the backbone's forward process; per-shot averaged loss on the
         backbone's target (flow velocity or v); clean conditioning shots carry no loss."""
@@ -290,27 +287,7 @@ class BackboneTask:
         pred = model(xt.to(dtype), t_model, batch.context.to(dtype), batch.layout, policy=self.recipe.model.attn_policy,
                      backend=self.recipe.model.backend)
         loss, per_shot = shot_loss(pred, target, batch.frames_per_shot, batch.weights)
-        w = batch.weights
-        last = (per_shot[:, -1] * w[:, -1]).sum() / w[:, -1].sum().clamp_min(1.0)
-        return loss, {"loss_last_shot": float(last)}
-
-    def tokens(self, batch: TrainBatch) -> int:
-        return batch.tokens
-
-    def flops(self, batch: TrainBatch) -> float | None:
-        fn = getattr(self.model, "flops_per_forward", None)
-        return 3.0 * float(fn(batch.layout, batch=int(batch.latents.shape[0]))) if fn is not None else None
-
-    def describe(self, batch: TrainBatch) -> dict[str, Any]:
-        plan = batch.plan
-        return {"stage": plan.stage.name, "n_shots": plan.n_shots, "images": sum(plan.image_shots),
-                "cond_mask": float(batch.cond_mask.float().mean()), "text_dropped": float(batch.dropped.float().mean())}
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
+        return loss, {"loss_last_shot": last_shot_loss(per_shot, batch.weights)}
 
     def extra(self) -> dict[str, Any]:
         """Facts the backbone pipeline needs to use the weights (``_extra`` of ``config.json``)."""

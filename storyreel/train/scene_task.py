@@ -20,7 +20,7 @@ from storyreel.train.checkpoint import check_state_matches, load_weights, resolv
 from storyreel.train.config import Recipe, RecipeError
 from storyreel.train.scenes import SceneIndex
 
-__all__ = ["SceneTask", "build_model_config", "load_init_weights", "shot_loss"]
+__all__ = ["SceneTask", "WindowTask", "build_model_config", "last_shot_loss", "load_init_weights", "shot_loss"]
 
 
 def shot_loss(pred: Tensor, target: Tensor, frames_per_shot: list[int], weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,7 +95,48 @@ def load_init_weights(model: nn.Module, source: str | Path, *, prefer: str = "em
     return weights
 
 
-class SceneTask:
+def last_shot_loss(per_shot: Tensor, weights: Tensor) -> float:
+    """Mean loss of the last shot over the samples where it carries loss (``per_shot``, ``weights``: ``[B, n]``)."""
+    w = weights[:, -1]
+    return float((per_shot[:, -1] * w).sum() / w.sum().clamp_min(1.0))
+
+
+class WindowTask:
+    """Task-protocol methods shared by every task that trains on :class:`BatchBuilder` batches (needs
+    ``self.builder``, ``self.sampler``, ``self.device`` and ``self.model``)."""
+
+    def batch(self, step: int, micro: int) -> TrainBatch:
+        return self.builder.build(step, micro).to(self.device)  # type: ignore[attr-defined]
+
+    def tokens(self, batch: TrainBatch) -> int:
+        return batch.tokens
+
+    def flops(self, batch: TrainBatch) -> float | None:
+        """Forward + backward ≈ 3 × forward FLOPs of the batch."""
+        fn = getattr(self.model, "flops_per_forward", None)  # type: ignore[attr-defined]
+        if fn is None:
+            return None
+        cache: dict[tuple[Any, int], float] = self.__dict__.setdefault("_flops", {})
+        key = (batch.layout, int(batch.latents.shape[0]))
+        if key not in cache:  # counting allowed attention pairs builds a mask: once per layout
+            if len(cache) > 256:
+                cache.clear()
+            cache[key] = 3.0 * float(fn(batch.layout, batch=key[1]))
+        return cache[key]
+
+    def describe(self, batch: TrainBatch) -> dict[str, Any]:
+        plan = batch.plan
+        return {"stage": plan.stage.name, "n_shots": plan.n_shots, "images": sum(plan.image_shots),
+                "cond_mask": float(batch.cond_mask.float().mean()), "text_dropped": float(batch.dropped.float().mean())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)  # type: ignore[attr-defined]
+
+
+class SceneTask(WindowTask):
     """Multi-shot MMDiT on StoryWorld-style scene data (see :class:`~storyreel.train.batching.BatchBuilder`)."""
 
     class_name = "MultiShotMMDiT"
@@ -126,7 +167,6 @@ class SceneTask:
         self.model = MultiShotMMDiT(self.model_config)
         self.init_source = load_init_weights(self.model, mc.init_from, prefer=mc.init_weights) if mc.init_from else None
         self.model.to(device)
-        self._flops: dict[tuple[Any, int], float] = {}
         self.index = SceneIndex(data.path, cache=data.cache_scenes)
         self.sampler = WindowSampler(self.index, data, seed=tc.seed)
         self.builder = BatchBuilder(
@@ -138,9 +178,6 @@ class SceneTask:
 
     # -- Task protocol ----------------------------------------------------------------------------
 
-    def batch(self, step: int, micro: int) -> TrainBatch:
-        return self.builder.build(step, micro).to(self.device)
-
     def loss(self, model: nn.Module, batch: TrainBatch) -> tuple[Tensor, dict[str, float]]:
         """Noise the latents at the per-shot timesteps, predict the velocity, average the loss per shot."""
         t_frames = expand_shot_timesteps(batch.t, batch.frames_per_shot)  # [B, 1, T_total, 1, 1]
@@ -148,35 +185,7 @@ class SceneTask:
         target = flow_target(batch.latents, batch.noise)
         pred = model(xt, batch.t, batch.context, batch.layout, backend=self.recipe.model.backend)
         loss, per_shot = shot_loss(pred, target, batch.frames_per_shot, batch.weights)
-        w = batch.weights
-        last = (per_shot[:, -1] * w[:, -1]).sum() / w[:, -1].sum().clamp_min(1.0)
-        return loss, {"loss_last_shot": float(last)}
-
-    def tokens(self, batch: TrainBatch) -> int:
-        return batch.tokens
-
-    def flops(self, batch: TrainBatch) -> float | None:
-        """Forward + backward ≈ 3 × forward FLOPs of the batch."""
-        fn = getattr(self.model, "flops_per_forward", None)
-        if fn is None:
-            return None
-        key = (batch.layout, int(batch.latents.shape[0]))
-        if key not in self._flops:  # counting allowed attention pairs builds a mask: once per layout
-            if len(self._flops) > 256:
-                self._flops.clear()
-            self._flops[key] = 3.0 * float(fn(batch.layout, batch=key[1]))
-        return self._flops[key]
-
-    def describe(self, batch: TrainBatch) -> dict[str, Any]:
-        plan = batch.plan
-        return {"stage": plan.stage.name, "n_shots": plan.n_shots, "images": sum(plan.image_shots),
-                "cond_mask": float(batch.cond_mask.float().mean()), "text_dropped": float(batch.dropped.float().mean())}
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
+        return loss, {"loss_last_shot": last_shot_loss(per_shot, batch.weights)}
 
     def extra(self) -> dict[str, Any]:
         """Facts a pipeline needs to use the weights (saved as ``_extra`` in ``config.json``)."""
