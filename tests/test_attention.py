@@ -224,3 +224,38 @@ def test_cuda_grouped_gradients_bf16(policy: str) -> None:
     for name, a, b in zip("qkv", got, ref, strict=True):
         err = ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
         assert err <= 3e-2, f"d{name} relative error {err}"
+
+
+@pytest.mark.parametrize("chunk", [1 << 28, 7 * 20])  # one chunk / many uneven query chunks
+def test_math_fallback_in_query_chunks(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float32 fallback splits the queries so no score tensor reaches 2^31 elements (CUDA matmuls fault there):
+    forward and gradients must not depend on the chunking."""
+    monkeypatch.setattr(ATT, "_FORCE_MATH", True)
+    monkeypatch.setitem(ATT._CALL_OVERHEAD, "cpu", 0.0)
+    monkeypatch.setattr(ATT, "_MATH_CHUNK_ELEMENTS", chunk)
+    clear_plan_cache()
+    layout = LAYOUTS["global"]
+    q, k, v = _qkv(layout, b=2, grad=True)
+    go = torch.randn(q.shape)
+    ref_out = attention(q, k, v, plan_attention(layout, "mask2dit", backend="dense"))
+    ref = torch.autograd.grad(ref_out, (q, k, v), go)
+    out = attention(q, k, v, plan_attention(layout, "mask2dit", backend="grouped"))
+    assert (out - ref_out).abs().max().item() <= 1e-5
+    for name, a, b in zip("qkv", torch.autograd.grad(out, (q, k, v), go), ref, strict=True):
+        assert (a - b).abs().max().item() <= 1e-5, f"d{name}"
+    clear_plan_cache()
+
+
+@pytest.mark.parametrize("backend", ["grouped", "dense"])
+def test_mixed_dtypes_run_in_one_dtype(backend: str) -> None:
+    """Rotary embeddings in float32 under autocast leave q/k float32 and v bfloat16: attention runs them in one
+    dtype (the autocast dtype, else the narrowest) instead of failing or falling back to float32 scores."""
+    layout = LAYOUTS["global"]
+    q, k, v = _qkv(layout, b=1)
+    plan = plan_attention(layout, "mask2dit", backend=backend)
+    ref = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), plan)
+    out = attention(q, k, v.bfloat16(), plan)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention(q, k.bfloat16(), v, plan).dtype == torch.bfloat16

@@ -248,10 +248,25 @@ def _lse_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, for_grad: bool =
             return res[0], res[1][..., : q.shape[2]], None
         except RuntimeError:
             pass
-    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # [N, H, Lq, Lk]
-    lse = torch.logsumexp(s, dim=-1)
-    o = torch.matmul(torch.exp(s - lse[..., None]), v.float()).to(q.dtype)
-    return o, lse, None
+    return (*_math_lse(q, k, v, scale), None)
+
+
+_MATH_CHUNK_ELEMENTS = 1 << 28  # score elements per chunk of the float32 fallback (1 GiB)
+
+
+def _math_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Reference attention in float32 (``out`` in q's dtype, ``lse`` float32), in query chunks so that no score
+    tensor reaches 2^31 elements (CUDA matmuls fault beyond that) or more memory than it needs."""
+    n, h, lq, _ = q.shape
+    rows = max(1, _MATH_CHUNK_ELEMENTS // max(1, n * h * k.shape[2]))
+    kf, vf = k.float().transpose(-1, -2), v.float()
+    outs, lses = [], []
+    for a in range(0, lq, rows):
+        s = torch.matmul(q[:, :, a : a + rows].float(), kf) * scale  # [N, H, rows, Lk]
+        lse = torch.logsumexp(s, dim=-1)
+        outs.append(torch.matmul(torch.exp(s - lse[..., None]), vf).to(q.dtype))
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
 def _lse_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, scale: float, aux: Any):
@@ -265,12 +280,18 @@ def _lse_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
         return torch.ops.aten._scaled_dot_product_flash_attention_backward(
             do, q, k, v, o, lse.contiguous(), cq, ck, mq, mk, 0.0, False, seed, offset, scale=scale
         )
-    qf, kf, vf, dof = q.float(), k.float(), v.float(), do.float()
-    p = torch.exp(torch.matmul(qf, kf.transpose(-1, -2)) * scale - lse[..., None])  # [N, H, Lq, Lk]
-    dv = torch.matmul(p.transpose(-1, -2), dof)
-    dp = torch.matmul(dof, vf.transpose(-1, -2))
-    ds = p * (dp - (dof * o.float()).sum(-1, keepdim=True))
-    return torch.matmul(ds, kf) * scale, torch.matmul(ds.transpose(-1, -2), qf) * scale, dv
+    kf, vf = k.float(), v.float()
+    n, h, lq, _ = q.shape
+    rows = max(1, _MATH_CHUNK_ELEMENTS // max(1, n * h * k.shape[2]))
+    dqs, dk, dv = [], torch.zeros_like(kf), torch.zeros_like(vf)
+    for a in range(0, lq, rows):  # query chunks, as in the forward
+        qf, dof, of = (t[:, :, a : a + rows].float() for t in (q, do, o))
+        p = torch.exp(torch.matmul(qf, kf.transpose(-1, -2)) * scale - lse[:, :, a : a + rows, None])  # [N, H, rows, Lk]
+        dv += torch.matmul(p.transpose(-1, -2), dof)
+        ds = p * (torch.matmul(dof, vf.transpose(-1, -2)) - (dof * of).sum(-1, keepdim=True))
+        dqs.append(torch.matmul(ds, kf) * scale)
+        dk += torch.matmul(ds.transpose(-1, -2), qf) * scale
+    return torch.cat(dqs, dim=2), dk, dv
 
 
 def _call_inputs(call: _Call, q: Tensor, k: Tensor, v: Tensor, cache: dict) -> tuple[Tensor, Tensor, Tensor]:
@@ -534,6 +555,21 @@ def _run_flex(plan: AttentionPlan, q: Tensor, k: Tensor, v: Tensor, scale: float
 
 
 # ----------------------------------------------------------------------------- entry point
+def _same_dtype(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One dtype for q, k and v. Mixed inputs are common under autocast (rotary embeddings computed in float32
+    promote q and k while v stays bfloat16); the fused kernels reject them, and the float32 fallback is both slow
+    and, at real sizes, too large. Under autocast the autocast dtype wins, otherwise the narrowest input dtype."""
+    dts = {q.dtype, k.dtype, v.dtype}
+    if len(dts) == 1:
+        return q, k, v
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+    else:
+        dt = min(dts, key=lambda d: torch.finfo(d).bits)
+    return q.to(dt), k.to(dt), v.to(dt)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan, *, scale: float | None = None) -> Tensor:
     """Multi-shot attention.
 
@@ -563,6 +599,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan, *, scale: fl
     if q.device != plan.device:
         raise ValueError(f"the plan was made for {plan.device} but q is on {q.device}; plan with device=q.device")
     sc = float(q.shape[-1] ** -0.5) if scale is None else float(scale)
+    q, k, v = _same_dtype(q, k, v)
     if plan.backend == "dense":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, scale=sc)
     if plan.backend == "grouped":
