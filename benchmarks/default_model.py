@@ -58,10 +58,11 @@ def script_prompts(scripts) -> list[str]:
     prompts = {""}
     for script in scripts:
         prompts.add(script.global_prompt_text())
-        prompts.update(script.shot_prompt_text(i) for i in range(len(script.shots)))
-        for shot in script.shots:
-            single = script.model_copy(update={"shots": [shot.model_copy(update={"cut": True, "history": None})]})
-            prompts.add(single.shot_prompt_text(0))
+        for expand in (False, True):  # as read by pipelines with and without data.expand_characters
+            prompts.update(script.shot_prompt_text(i, expand_characters=expand) for i in range(len(script.shots)))
+            for shot in script.shots:
+                single = script.model_copy(update={"shots": [shot.model_copy(update={"cut": True, "history": None})]})
+                prompts.add(single.shot_prompt_text(0, expand_characters=expand))
     return sorted(prompts)
 
 

@@ -26,7 +26,8 @@ from pydantic import field_validator, model_validator
 from storyreel.utils import atomic_write
 
 __all__ = ["MODES", "Character", "GlobalPrompt", "LayoutBox", "SceneScript", "ScriptError", "ScriptIssue", "Settings",
-           "Shot", "dump_script", "load_script", "parse_script", "parse_script_text"]
+           "Shot", "character_descriptions", "dump_script", "expand_character_refs", "load_script", "parse_script",
+           "parse_script_text"]
 
 MODES = ("joint", "autoregressive", "causal", "extend")
 SHOT_CUT = "[SHOT CUT]"
@@ -34,6 +35,8 @@ MAX_SIDE = 4096
 MAX_SEED = 2**63 - 1
 _SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 _CHAR_REF = re.compile(r"\bcharacter\s+(\d{1,9})\b", re.IGNORECASE)
+_CHAR_DEF = re.compile(r"\bCharacter (\d{1,9}): ([^.!?]+)[.!?]")  # "Character 2: an orange star." in a global prompt
+_CHAR_MENTION = re.compile(r"\b(Character (\d{1,9}))\b(?! \()")  # a mention not already followed by "(...)"
 _CTX_PARSING = "_storyreel_parsing"  # validation-context flag: parse_script runs the cross-field checks itself
 _CTX_BASE_DIR = "_storyreel_base_dir"
 
@@ -257,10 +260,15 @@ class SceneScript(_Strict):
             parts.append(f"Story: {self.global_.story.strip()}")
         return " ".join(_sentence(p) for p in parts)
 
-    def shot_prompt_text(self, i: int) -> str:
-        """Prompt of shot ``i`` as the models see it: ``[SHOT CUT] <prompt>`` when ``cut`` is true."""
+    def shot_prompt_text(self, i: int, *, expand_characters: bool = False) -> str:
+        """Prompt of shot ``i`` as the models see it: ``[SHOT CUT] <prompt>`` when ``cut`` is true; with
+        ``expand_characters`` each ``Character N`` it names is followed by its description from ``global.characters``
+        (see :func:`expand_character_refs`)."""
         shot = self._shot(i)
-        return f"{SHOT_CUT} {shot.prompt.strip()}" if shot.cut else shot.prompt.strip()
+        text = f"{SHOT_CUT} {shot.prompt.strip()}" if shot.cut else shot.prompt.strip()
+        if expand_characters:
+            text = expand_character_refs(text, {c.id: c.description.strip() for c in self.global_.characters})
+        return text
 
     def shot_frames(self, i: int) -> int:
         """Frames of shot ``i``: ``shot.frames`` if given, else ``settings.frames``."""
@@ -270,6 +278,31 @@ class SceneScript(_Strict):
     def characters_in_shot(self, i: int) -> list[int]:
         """Ids named as ``Character N`` in shot ``i``'s prompt, in order of first mention, no repeats."""
         return list(dict.fromkeys(_char_refs(self._shot(i).prompt)))
+
+
+def character_descriptions(global_prompt: str) -> dict[int, str]:
+    """``{N: description}`` of the ``Character N: description.`` entries of an LCT-form global prompt (the form
+    :meth:`SceneScript.global_prompt_text` and StoryWorld write); ``{}`` for a prompt without such entries."""
+    return {int(n): d.strip() for n, d in _CHAR_DEF.findall(global_prompt)}
+
+
+def expand_character_refs(prompt: str, descriptions: Mapping[int, str]) -> str:
+    """``prompt`` with every ``Character N`` that ``descriptions`` defines followed by ``(description)``:
+    ``"Close-up of Character 2 moving left."`` → ``"Close-up of Character 2 (an orange star) moving left."``.
+
+    Repeating each named character's description in the shot prompt (as multi-shot systems that keep a character
+    bank do) makes identity a local text condition: the model no longer has to look the reference up in the
+    global prompt. Details no prompt states (StoryWorld's patterns) still come only from the other shots.
+    Mentions already followed by ``(`` and ids without a description are left as they are.
+    """
+    if not descriptions:
+        return prompt
+
+    def sub(m: re.Match[str]) -> str:
+        desc = descriptions.get(int(m.group(2)))
+        return f"{m.group(1)} ({desc})" if desc else m.group(1)
+
+    return _CHAR_MENTION.sub(sub, prompt)
 
 
 def _sentence(text: str) -> str:

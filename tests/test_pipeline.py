@@ -421,3 +421,27 @@ def test_events_report_progress(pipe):
     assert [(e.shots, e.step) for e in steps] == [((0,), 1), ((0,), 2), ((0,), 3), ((1,), 1), ((1,), 2), ((1,), 3)]
     assert shots == [(0,), (1,)]
     assert math.isclose(steps[0].n_steps, 3)
+
+
+def test_character_expansion_follows_the_training_export(tmp_path):
+    """A model trained with data.expand_characters reads shot prompts with each named character's description;
+    the pipeline folder records it, and the prompt the model saw is in the shot's metadata."""
+    cfg = get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3)
+    torch.manual_seed(0)
+    extra = {"text_encoder": "hashing", "text_encoder_kwargs": {"dim": 64}, "text_len": 8, "autoencoder": "patch",
+             "autoencoder_kwargs": {"patch": [1, 2, 2]}, "latent_scale": 1.0, "global_prompt": True, "frames": 4,
+             "expand_characters": True}
+    MultiShotMMDiT(cfg).save_pretrained(tmp_path / "model", extra=extra)
+    pipe = ScenePipeline.from_pretrained(tmp_path / "model")
+    assert pipe.expand_characters
+    folder = pipe.save_pretrained(tmp_path / "pipe")
+    assert json.loads((folder / "pipeline.json").read_text())["expand_characters"] is True
+    loaded = ScenePipeline.from_pretrained(folder)
+    assert loaded.expand_characters
+    script = make_script(2)
+    assert loaded.model_prompt(script, 1) == "[SHOT CUT] Close-up of Character 2 (a blue square) spinning."
+    generate_to_dir(script, tmp_path / "run", mode="autoregressive", model=str(folder), progress=False, steps=1)
+    side = json.loads((tmp_path / "run" / "shots" / "02.json").read_text())
+    assert side["meta"]["model_prompt"] == "[SHOT CUT] Close-up of Character 2 (a blue square) spinning."
+    # a pipeline without the flag (every earlier folder) reads the prompt as written
+    assert ScenePipeline.debug(seed=0).model_prompt(script, 1) == "[SHOT CUT] " + PROMPTS[1]

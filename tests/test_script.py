@@ -21,7 +21,9 @@ from storyreel.script import (
     ScriptError,
     ScriptIssue,
     Settings,
+    character_descriptions,
     dump_script,
+    expand_character_refs,
     load_script,
     parse_script,
     parse_script_text,
@@ -95,6 +97,24 @@ def test_characters_in_shot_order_and_resolution_hw() -> None:
     s = parse_script(d)
     assert s.characters_in_shot(0) == [2, 1]
     assert s.resolution_hw == (64, 96)
+
+
+def test_character_expansion() -> None:
+    d = valid()
+    d["shots"][0]["prompt"] = "Wide shot of Character 2 jumping and Character 1 moving left near Character 2."
+    s = parse_script(d)
+    descs = {c.id: c.description for c in s.global_.characters}
+    expanded = s.shot_prompt_text(0, expand_characters=True)
+    for n, desc in descs.items():
+        assert expanded.count(f"Character {n} ({desc})") == s.shot_prompt_text(0).count(f"Character {n}")
+    assert s.shot_prompt_text(0) == "[SHOT CUT] " + d["shots"][0]["prompt"]  # off by default
+    # the descriptions parse back out of the global prompt the models see (how training expands StoryWorld data)
+    assert character_descriptions(s.global_prompt_text()) == descs
+    assert expand_character_refs(s.shot_prompt_text(0), character_descriptions(s.global_prompt_text())) == expanded
+    # idempotent; unknown ids and prompts without characters are left alone
+    assert expand_character_refs(expanded, descs) == expanded
+    assert expand_character_refs("Character 7 waits. A wide shot.", descs) == "Character 7 waits. A wide shot."
+    assert character_descriptions("A dog runs.") == {}
 
 
 def _rich_script(tmp_path: Path) -> SceneScript:

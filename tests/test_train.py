@@ -118,6 +118,31 @@ def test_concat_pretraining_draws_unrelated_shots_and_scene_mode_one_scene(data_
     assert all(p[0].startswith("Character 1") or p[0] == "" for p in sft.prompts)  # global prompt first
 
 
+def test_expand_characters_repeats_each_shots_own_descriptions(data_dir, tmp_path):
+    """data.expand_characters: every "Character N" of a shot prompt is followed by the description its own scene's
+    global prompt gives, in concatenations of unrelated shots as well as in scenes; off, prompts are unchanged."""
+    import re
+
+    from storyreel.script import character_descriptions
+
+    r = debug(data_dir, tmp_path, "data.single_shot_prob=0.0", "train.batch_size=4", "data.text_dropout=0.0",
+              "data.expand_characters=true")
+    plain = build_trainer(debug(data_dir, tmp_path, "data.single_shot_prob=0.0", "train.batch_size=4",
+                                "data.text_dropout=0.0")).task.builder
+    builder = build_trainer(r).task.builder
+    index = builder.sampler.index
+    keys = {index.load(i).key: i for i in range(len(index))}
+    for step in (0, 9):  # a concat step and a scene step
+        batch, base = builder.build(step, 0), plain.build(step, 0)
+        n = batch.plan.n_shots
+        for prompts, base_prompts, sources in zip(batch.prompts, base.prompts, batch.sources, strict=True):
+            for shot_prompt, base_prompt, (key, shot) in zip(prompts[-n:], base_prompts[-n:], sources, strict=True):
+                descs = character_descriptions(index.load(keys[key]).global_prompt)
+                assert descs and shot_prompt == re.sub(
+                    r"Character (\d+)", lambda m: f"Character {m.group(1)} ({descs[int(m.group(1))]})", base_prompt)
+                assert "(" in shot_prompt and "(" not in base_prompt
+
+
 def test_conditional_mask_puts_loss_on_last_shot_only(data_dir, tmp_path):
     r = debug(data_dir, tmp_path, "train.cond_mask_prob=1.0", "data.single_shot_prob=0.0", "data.frame_substitution=0.0")
     task = build_trainer(r).task

@@ -215,7 +215,7 @@ class ScenePipeline:
         self, *, scene: MultiShotMMDiT, autoencoder: Autoencoder, text_encoder: Any, causal: MultiShotMMDiT | None = None,
         defaults: PipelineDefaults | None = None, global_prompt: bool = True, latent_scale: float = 1.0,
         text_encoder_spec: dict[str, Any] | None = None, autoencoder_spec: dict[str, Any] | None = None,
-        name: str = "custom", trained: dict[str, Any] | None = None,
+        name: str = "custom", trained: dict[str, Any] | None = None, expand_characters: bool = False,
     ) -> None:
         if not isinstance(scene, MultiShotMMDiT):
             raise ValueError(f"scene must be a MultiShotMMDiT, got {type(scene).__name__}")
@@ -253,6 +253,7 @@ class ScenePipeline:
         self.text_encoder = text_encoder
         self.defaults = defaults or PipelineDefaults()
         self.global_prompt = bool(global_prompt)
+        self.expand_characters = bool(expand_characters)
         self.latent_scale = float(latent_scale)
         self.text_encoder_spec = text_encoder_spec or {"name": getattr(text_encoder, "name", "hashing"), "kwargs": {}}
         self.autoencoder_spec = autoencoder_spec
@@ -379,7 +380,7 @@ class ScenePipeline:
             return cls(scene=scene, causal=causal, autoencoder=ae, text_encoder=encoder, defaults=defaults,
                        global_prompt=bool(meta.get("global_prompt", True)), latent_scale=float(meta.get("latent_scale", 1.0)),
                        text_encoder_spec=text, autoencoder_spec=meta.get("autoencoder"), name=str(meta.get("name", folder)),
-                       trained=meta.get("trained") or {})
+                       trained=meta.get("trained") or {}, expand_characters=bool(meta.get("expand_characters", False)))
         except GenerationError:
             raise
         except (CheckpointError, ValueError, TypeError, KeyError) as err:
@@ -416,11 +417,17 @@ class ScenePipeline:
             trained = {k: extra.get(k) for k in ("recipe", "frames", "frame_stride", "init_from") if k in extra}
             return cls(scene=model, causal=causal_model, autoencoder=ae, text_encoder=encoder, defaults=defaults,
                        global_prompt=bool(extra.get("global_prompt", True)), latent_scale=float(extra.get("latent_scale", 1.0)),
-                       text_encoder_spec=text, autoencoder_spec=ae_spec, name=name or str(folder), trained=trained)
+                       text_encoder_spec=text, autoencoder_spec=ae_spec, name=name or str(folder), trained=trained,
+                       expand_characters=bool(extra.get("expand_characters", False)))
         except GenerationError:
             raise
         except (CheckpointError, ValueError, TypeError) as err:
             raise GenerationError(f"cannot assemble a pipeline from {folder}: {err}") from err
+
+    def model_prompt(self, script: SceneScript, i: int) -> str:
+        """Shot ``i``'s prompt as this pipeline's models read it: ``[SHOT CUT]`` marking and, for pipelines trained
+        with ``data.expand_characters`` (the shipped default), each named character's description repeated."""
+        return script.shot_prompt_text(i, expand_characters=self.expand_characters)
 
     def save_pretrained(self, directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Path:
         """Write ``pipeline.json``, ``scene/``, ``causal/`` (if any) and ``autoencoder/`` (a trained autoencoder;
@@ -442,6 +449,7 @@ class ScenePipeline:
         meta = {
             "format": PIPELINE_FORMAT, "name": self.name, "scene": "scene", "causal": "causal" if self.causal is not None else None,
             "autoencoder": ae_spec, "text_encoder": self.text_encoder_spec, "global_prompt": self.global_prompt,
+            "expand_characters": self.expand_characters,
             "latent_scale": self.latent_scale, "defaults": dataclasses.asdict(self.defaults), "trained": self.trained,
         }
         with atomic_write(out / PIPELINE_FILE, "w", encoding="utf-8") as fh:

@@ -283,7 +283,7 @@ class SceneRun:
             segs += [self._text(i), Segment(self._modality(z), i, self._grid(z))]
             noise.append(z)
         layout = SequenceLayout(segs)
-        prompts = [self.script.shot_prompt_text(i) for i in range(self.n)]
+        prompts = [self.pipe.model_prompt(self.script, i) for i in range(self.n)]
 
         def make(drop: bool) -> SegmentFn:
             ctx = self._context(layout, prompts, drop=drop)
@@ -321,7 +321,7 @@ class SceneRun:
                 z = self.pool.entry(j).latent
                 noisy = renoise(z, self._randn(z.shape, _RENOISE_STREAM, j), t_c) if t_c else z
                 vis = _Visual(self._modality(z), self._grid(z), noisy, (-1,))
-                items.append(_Item(j, self.script.shot_prompt_text(j), (vis,)))
+                items.append(_Item(j, self.pipe.model_prompt(self.script, j), (vis,)))
             return items
         kept = goldenmem_compress([self.pool.entry(j).latent for j in shots], patch=self.patch[1:])  # type: ignore[arg-type]
         for pos, j in enumerate(shots):
@@ -331,7 +331,7 @@ class SceneRun:
                 noisy = renoise(fr.latent, self._randn(fr.latent.shape, _RENOISE_STREAM, j, fr.frame + 1, hk, wk), t_c) if t_c else fr.latent
                 visuals.append(_Visual(Modality.IMAGE, (1, hk, wk), noisy, (fr.frame, hk, wk)))
             if visuals:
-                items.append(_Item(j, self.script.shot_prompt_text(j), tuple(visuals)))
+                items.append(_Item(j, self.pipe.model_prompt(self.script, j), tuple(visuals)))
         return items
 
     def _item_segments(self, item: _Item, pos: int) -> list[Segment]:
@@ -347,7 +347,7 @@ class SceneRun:
         p = len(items)
         segs += [self._text(p), Segment(self._modality(noise), p, self._grid(noise))]
         layout = SequenceLayout(segs)
-        prompts = [it.prompt for it in items] + [self.script.shot_prompt_text(i)]
+        prompts = [it.prompt for it in items] + [self.pipe.model_prompt(self.script, i)]
         policy = self.plan.policy if self.plan.mode != "causal" else None
 
         def make(drop: bool) -> SegmentFn:
@@ -388,7 +388,7 @@ class SceneRun:
         p = len(items)
         target = [self._text(p), Segment(self._modality(noise), p, self._grid(noise))]
         t_prefix = torch.full((1, p), self.plan.t_c, device=self.device)
-        prompt = self.script.shot_prompt_text(i)
+        prompt = self.pipe.model_prompt(self.script, i)
 
         def make(drop: bool) -> SegmentFn:
             cache = self._ensure_cache(items, drop)
@@ -413,7 +413,7 @@ class SceneRun:
         if self.writer is not None:
             meta = {
                 "run": self.run_key, "mode": self.plan.mode, "seed": shot_seed(self.plan.seed, i),
-                "model_prompt": self.script.shot_prompt_text(i), "history": [j + 1 for j in history],
+                "model_prompt": self.pipe.model_prompt(self.script, i), "history": [j + 1 for j in history],
                 "model_sha256": self.pipe.weights_sha256(), "seconds": self.seconds[i],
             }
             self.writer.write_shot(i, frames, prompt=shot.prompt, meta=meta)

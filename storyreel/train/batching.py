@@ -25,6 +25,7 @@ from storyreel.data import select_shots
 from storyreel.diffusion import sample_train_timesteps
 from storyreel.nn.embeddings import patch_grid
 from storyreel.scene_inputs import encode_context, encode_pixels, scene_layout, segment_prompts
+from storyreel.script import character_descriptions, expand_character_refs
 from storyreel.train.config import DataConfig, ScheduleConfig, StageConfig, TimestepConfig
 from storyreel.train.scenes import SceneIndex, SceneOrder
 
@@ -148,7 +149,10 @@ class WindowSampler:
             scene = self.index.load(spec.scene)
             if pixels:
                 frames.append(self.pixels(spec))
-            prompts.append(scene.shot_prompts[spec.shot])
+            prompt = scene.shot_prompts[spec.shot]
+            if self.data.expand_characters:  # each shot from its own scene's characters (concat windows too)
+                prompt = expand_character_refs(prompt, character_descriptions(scene.global_prompt))
+            prompts.append(prompt)
             sources.append((scene.key, spec.shot))
         glob = self.index.load(window[0].scene).global_prompt if mode == "scene" else ""
         out = {"shot_prompts": prompts, "global_prompt": glob, "sources": sources, "specs": list(window)}

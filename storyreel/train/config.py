@@ -114,6 +114,7 @@ class DataConfig:
     frames: int = 8  # pixel frames per video shot in a training window
     frame_stride: int = 1  # temporal subsampling inside a shot
     global_prompt: bool = True  # LCT: global prompt as its own text segment
+    expand_characters: bool = False  # repeat each named character's global description in its shot prompt
     text_dropout: float = 0.1  # probability that a sample's prompts are all emptied (CFG)
     frame_substitution: float = 0.1  # per shot position: replace the shot by one of its frames
     image_condition_prob: float = 0.5  # a substituted image shot is held clean (t=0, no loss) as a condition

@@ -199,6 +199,7 @@ class SceneTask(WindowTask):
             "autoencoder_kwargs": dict(mc.autoencoder_kwargs),
             "latent_scale": mc.latent_scale if mc.latent_scale is not None else 1.0,
             "global_prompt": data.global_prompt,
+            "expand_characters": data.expand_characters,
             "frames": data.frames,
             "frame_stride": data.frame_stride,
             "init_from": str(self.init_source) if self.init_source else None,
