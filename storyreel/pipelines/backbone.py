@@ -289,6 +289,10 @@ class BackbonePipeline:
     def num_train_timesteps(self) -> int:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
+    def model_prompt(self, script: SceneScript, i: int) -> str:
+        """Shot ``i``'s prompt as the backbone reads it (``[SHOT CUT]`` marking; no character expansion)."""
+        return script.shot_prompt_text(i)
+
     def weights_sha256(self) -> str:
         """Identity of the weights: sha256 over the weight files' names, sizes and first/last MiB (fast for
         multi-GB folders), or over the backbone's parameters when it was not loaded from a folder."""

@@ -181,7 +181,7 @@ class BackboneRun(SceneRun):
         for j in shots:
             z = self.pool.entry(j).latent
             noisy = self._renoise(z, self._randn(z.shape, _RENOISE_STREAM, j))
-            items.append(_Item(j, self.script.shot_prompt_text(j), (_Visual(self._modality(z), self._grid(z), noisy, (-1,)),)))
+            items.append(_Item(j, self.pipe.model_prompt(self.script, j), (_Visual(self._modality(z), self._grid(z), noisy, (-1,)),)))
         return items
 
     # ------------------------------------------------------------------------------------ model glue
@@ -255,7 +255,7 @@ class BackboneRun(SceneRun):
             segs += [self._text(i), Segment(self._modality(z), i, self._grid(z))]
             noise.append(z)
         layout = SequenceLayout(segs)
-        prompts = [self.script.shot_prompt_text(i) for i in range(self.n)]
+        prompts = [self.pipe.model_prompt(self.script, i) for i in range(self.n)]
 
         def make(drop: bool) -> SegmentFn:
             return self._segment_fn(layout, self._context(layout, prompts, drop=drop), policy=self.plan.policy)
@@ -274,7 +274,7 @@ class BackboneRun(SceneRun):
         p = len(items)
         segs += [self._text(p), Segment(self._modality(noise), p, self._grid(noise))]
         layout = SequenceLayout(segs)
-        prompts = [it.prompt for it in items] + [self.script.shot_prompt_text(i)]
+        prompts = [it.prompt for it in items] + [self.pipe.model_prompt(self.script, i)]
         policy = "causal_shots" if self.plan.mode == "causal" else self.plan.policy
 
         def make(drop: bool) -> SegmentFn:
@@ -314,7 +314,7 @@ class BackboneRun(SceneRun):
         p = len(items)
         target = [self._text(p), Segment(self._modality(noise), p, self._grid(noise))]
         t_prefix = torch.full((1, p), self.t_cond, device=self.device)
-        prompt = self.script.shot_prompt_text(i)
+        prompt = self.pipe.model_prompt(self.script, i)
 
         def make(drop: bool) -> SegmentFn:
             cache = self._ensure_cache(items, drop)
