@@ -118,3 +118,33 @@ def test_kvcache_api_and_errors() -> None:
     assert cache.n_tokens == 13 and cache.get(0)[0].shape[2] == 13 and torch.all(cache.get(0)[0] == 0)
     cache.clear()
     assert cache.layout is None and cache.layers == []
+
+
+def test_kvcache_pool_keeps_the_main_line_through_a_detour() -> None:
+    from storyreel.nn.kvcache import KVCachePool
+    from storyreel.nn.layout import Modality, Segment
+
+    def write(cache: KVCache, have: list, key: str) -> None:
+        seg = Segment(Modality.TEXT, len(have), (2, 1, 1))
+        k = torch.full((1, 1, 2, 4), float(ord(key[0])))
+        cache.append(0, k, k.clone())
+        cache.commit([seg])
+        have.append(key)
+
+    pool = KVCachePool(size=2)
+    main, have = pool.get(["g", "a"])
+    assert have == [] and main.n_tokens == 0
+    for key in ("g", "a"):
+        write(main, have, key)
+    detour, dhave = pool.get(["g", "b"])  # shares "g" with the main line: a view, no copy
+    assert dhave == ["g"] and detour is not main and detour.n_tokens == 2
+    assert detour.get(0)[0].untyped_storage().data_ptr() == main.get(0)[0].untyped_storage().data_ptr()
+    write(detour, dhave, "b")
+    again, ahave = pool.get(["g", "a", "c"])  # the main line is still there and extends in place
+    assert again is main and ahave == ["g", "a"] and main.n_tokens == 4
+    assert torch.equal(main.get(0)[0][0, 0, :, 0], torch.tensor([103.0, 103.0, 97.0, 97.0]))  # untouched by the detour
+    assert len(pool) == 2
+    pool.get(["x"])  # a third line evicts the least recently used (the detour)
+    assert len(pool) == 2 and pool.get(["g", "b"])[1] == ["g"]  # rebuilt from the main line's prefix
+    with pytest.raises(ValueError, match="size"):
+        KVCachePool(size=0)

@@ -445,3 +445,23 @@ def test_character_expansion_follows_the_training_export(tmp_path):
     assert side["meta"]["model_prompt"] == "[SHOT CUT] Close-up of Character 2 (a blue square) spinning."
     # a pipeline without the flag (every earlier folder) reads the prompt as written
     assert ScenePipeline.debug(seed=0).model_prompt(script, 1) == "[SHOT CUT] " + PROMPTS[1]
+
+
+def test_causal_cache_survives_a_shot_with_its_own_history(pipe, monkeypatch):
+    """Shots 3 and 4 name their own history (LCT's human selection). Shot 3's cache shares the global prompt with
+    the main line [global, 1] and the main line is kept, so shot 4 (history [1]) writes nothing; shot 5 (recency,
+    the window holds 2 history shots) starts from the shared global prompt. The video equals the uncached path."""
+    from storyreel.pipelines import scene_run
+
+    writes = []
+    real = scene_run.write_kv_cache
+    monkeypatch.setattr(scene_run, "write_kv_cache", lambda *a, **k: (writes.append(1), real(*a, **k))[1])
+    script = make_script(5, history={2: [2], 3: [1]})
+    cached = pipe.generate(script, mode="causal", kv_cache=True, guidance=1.0)
+    history = cached.meta["generation"]["history"]
+    assert (history["3"], history["4"], history["5"]) == ([2], [1], [3, 4])
+    # shot 2: global + shot 1; shot 3: shot 2; shot 4: nothing; shot 5: shots 3 and 4 (one CFG branch)
+    assert len(writes) == 2 + 1 + 0 + 2
+    full = pipe.generate(script, mode="causal", kv_cache=False, guidance=1.0)
+    for a, b in zip(cached.latents, full.latents):
+        assert (a - b).abs().max().item() <= 1e-5

@@ -5,7 +5,7 @@ attention entry point, :func:`attention` with a plan from :func:`plan_attention`
 """
 
 from storyreel.nn.attention import BACKENDS, AttentionPlan, attention, clear_plan_cache, plan_attention
-from storyreel.nn.kvcache import KVCache
+from storyreel.nn.kvcache import KVCache, KVCachePool
 from storyreel.nn.layout import Modality, Segment, SequenceLayout
 from storyreel.nn.masks import (
     POLICY_NAMES,
@@ -23,6 +23,7 @@ __all__ = [
     "POLICY_NAMES",
     "AttentionPlan",
     "KVCache",
+    "KVCachePool",
     "MaskPolicy",
     "Modality",
     "Segment",

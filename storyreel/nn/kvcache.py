@@ -16,14 +16,14 @@ and after the pass (when ``cache_write``): ``cache.commit(new_segments)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 from torch import Tensor
 
 from storyreel.nn.layout import Segment, SequenceLayout
 
-__all__ = ["KVCache"]
+__all__ = ["KVCache", "KVCachePool"]
 
 
 class KVCache:
@@ -164,7 +164,67 @@ class KVCache:
         n = self.layout.seq_len
         self._kv = {l: (k[:, :, :n], v[:, :, :n]) for l, (k, v) in self._kv.items()}
 
+    def prefix(self, n_segments: int) -> KVCache:
+        """A new cache holding the first ``n_segments`` committed segments. It shares this cache's tensors (views;
+        appending to either one concatenates into new tensors, so neither ever changes the other)."""
+        if not 0 <= n_segments <= self.n_segments:
+            raise ValueError(f"prefix needs 0 <= n_segments <= {self.n_segments}, got {n_segments}")
+        out = KVCache()
+        if n_segments:
+            out.layout = self.layout.prefix(n_segments)
+            n = out.layout.seq_len
+            out._kv = {l: (k[:, :, :n], v[:, :, :n]) for l, (k, v) in self._kv.items()}
+        return out
+
     def clear(self) -> None:
         """Drop every cached tensor and the layout."""
         self.layout = None
         self._kv = {}
+
+
+class KVCachePool:
+    """A few :class:`KVCache` s, each keyed by the items it holds in order, for shot-by-shot generation whose
+    history is not always an extension of the previous shot's (a shot with an explicit ``history``, relevance
+    selection, a full context window that slides).
+
+    :meth:`get` returns the cache holding the longest prefix of the wanted items; when that cache holds more
+    than the shared prefix, a new cache takes a view of the prefix (no copy) and the old one is kept, so the
+    main line of history survives a detour (LCT's human-selected context). At most ``size`` caches are kept,
+    least recently used dropped first.
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = size
+        self._entries: list[tuple[list[Hashable], KVCache]] = []  # most recently used last
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, want: Sequence[Hashable]) -> tuple[KVCache, list[Hashable]]:
+        """``(cache, have)``: ``cache`` holds the items ``have`` (a prefix of ``want``, possibly empty). The caller
+        writes ``want[len(have):]`` into ``cache`` one item at a time, appending each key to ``have`` (the same
+        list object) after its write is committed."""
+        want = list(want)
+        best, best_n = None, 0
+        for entry in self._entries:
+            keys = entry[0]
+            n = 0
+            while n < min(len(keys), len(want)) and keys[n] == want[n]:
+                n += 1
+            if best is None or n > best_n:
+                best, best_n = entry, n
+        if best is not None and best_n == len(best[0]):  # extends in place
+            self._entries.remove(best)
+            self._entries.append(best)
+            return best[1], best[0]
+        cache = best[1].prefix(best_n) if best is not None and best_n > 0 else KVCache()
+        entry = (want[:best_n], cache)
+        self._entries.append(entry)
+        while len(self._entries) > self.size:
+            self._entries.pop(0)
+        return entry[1], entry[0]
+
+    def clear(self) -> None:
+        self._entries = []

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from storyreel.memory.history import HISTORY_STRATEGIES, HistoryPool
-from storyreel.nn.kvcache import KVCache
+from storyreel.nn.kvcache import KVCache, KVCachePool
 from storyreel.nn.layout import Segment, SequenceLayout
 from storyreel.nn.masks import layer_policies
 from storyreel.pipelines.scene_checks import _number
@@ -157,8 +157,7 @@ class BackboneRun(SceneRun):
         self.seconds = [None] * self.n
         self.history_used = {}
         self.history_tokens = {}
-        self._caches = {}
-        self._cache_keys = {}
+        self._caches: dict[bool, KVCachePool] = {}  # per CFG branch
         self._bar = None
         self.t_cond = pipe.model_timestep(plan.t_c)  # history timestep in the backbone's convention
         self.cp_group: Any = None  # a process group: forwards without a cache run context-parallel
@@ -284,12 +283,8 @@ class BackboneRun(SceneRun):
 
     def _ensure_cache(self, items: list[_Item], drop: bool) -> KVCache:
         """The cache of one CFG branch holds exactly ``[global] + items`` (longest matching prefix reused)."""
-        cache = self._caches.setdefault(drop, KVCache())
-        have = self._cache_keys.setdefault(drop, [])
         want = ([("global",)] if self.pipe.global_prompt else []) + [it.key for it in items]
-        if have != want[: len(have)]:
-            cache.clear()
-            have.clear()
+        cache, have = self._caches.setdefault(drop, KVCachePool()).get(want)
         offset = 1 if self.pipe.global_prompt else 0
         dtype = self.pipe.dtype
         for idx in range(len(have), len(want)):

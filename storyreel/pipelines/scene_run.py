@@ -26,7 +26,7 @@ from storyreel.media import tensor_to_frames
 from storyreel.memory.goldenmem import goldenmem_compress
 from storyreel.memory.history import HistoryPool
 from storyreel.nn.embeddings import patch_grid
-from storyreel.nn.kvcache import KVCache
+from storyreel.nn.kvcache import KVCache, KVCachePool
 from storyreel.nn.layout import Modality, Segment, SequenceLayout
 from storyreel.sampling.strategies import (
     SegmentFn,
@@ -100,8 +100,7 @@ class SceneRun:
         self.seconds: list[float | None] = [None] * self.n
         self.history_used: dict[int, list[int]] = {}
         self.history_tokens: dict[int, int] = {}
-        self._caches: dict[bool, KVCache] = {}
-        self._cache_keys: dict[bool, list[Any]] = {}
+        self._caches: dict[bool, KVCachePool] = {}  # per CFG branch
         self._bar: Any = None
         self.run_key = self._run_key()
 
@@ -361,12 +360,8 @@ class SceneRun:
 
     def _ensure_cache(self, items: list[_Item], drop: bool) -> KVCache:
         """Make the cache of the (cond / uncond) branch hold exactly ``[global] + items``; reuse the longest prefix."""
-        cache = self._caches.setdefault(drop, KVCache())
-        have = self._cache_keys.setdefault(drop, [])
         want = ([("global",)] if self.pipe.global_prompt else []) + [it.key for it in items]
-        if have != want[: len(have)]:
-            cache.clear()
-            have.clear()
+        cache, have = self._caches.setdefault(drop, KVCachePool()).get(want)
         offset = 1 if self.pipe.global_prompt else 0
         for idx in range(len(have), len(want)):
             if want[idx] == ("global",):
