@@ -4,11 +4,13 @@
 #   bash scripts/train-default.sh [PIPELINE_OUT]        # default PIPELINE_OUT: outputs/pipeline-default
 #
 # Steps: the VAE (configs/vae-default.yaml), the bidirectional scene model (scene-default), its
-# context-causal variant (scene-default-causal), an fp16 pipeline folder (storyreel.pipelines.export),
-# the quality benchmark on 50 held-out scripts and the generation timings. Each recipe stops at its
+# continuation on coherent scenes at a larger batch (scene-default-continue), the context-causal variant
+# (scene-default-causal, from the continuation), an fp16 pipeline folder (storyreel.pipelines.export), the
+# quality benchmark on 50 held-out scripts and the generation timings. Each recipe stops at its
 # train.max_minutes budget. Environment knobs:
 #   VAE_INIT=DIR      fine-tune the VAE from an earlier model folder instead of starting from scratch
-#   VAE_ARGS / SCENE_ARGS / CAUSAL_ARGS   extra "--set key=value" overrides for the three runs
+#   VAE_ARGS / SCENE_ARGS / CONTINUE_ARGS / CAUSAL_ARGS   extra "--set key=value" overrides for the runs
+#   SKIP_CONTINUE=1   no continuation: the causal variant and the export start from scene-default
 #   SKIP_BENCH=1      stop after the export
 set -euo pipefail
 OUT=${1:-outputs/pipeline-default}
@@ -23,11 +25,19 @@ $PY -m storyreel.train configs/vae-default.yaml --set output.progress=false "${v
 stamp "scene-default"
 # shellcheck disable=SC2086
 $PY -m storyreel.train configs/scene-default.yaml --set output.progress=false ${SCENE_ARGS:-}
+SCENE_RUN=outputs/train/scene-default
+if [ -z "${SKIP_CONTINUE:-}" ]; then
+  stamp "scene-default-continue"
+  # shellcheck disable=SC2086
+  $PY -m storyreel.train configs/scene-default-continue.yaml --set output.progress=false \
+      --set model.init_from=outputs/train/scene-default/model ${CONTINUE_ARGS:-}
+  SCENE_RUN=outputs/train/scene-default-continue
+fi
 stamp "scene-default-causal"
 # shellcheck disable=SC2086
-$PY -m storyreel.train configs/scene-default-causal.yaml --set output.progress=false ${CAUSAL_ARGS:-}
+$PY -m storyreel.train configs/scene-default-causal.yaml --set output.progress=false --set "model.init_from=$SCENE_RUN" ${CAUSAL_ARGS:-}
 stamp "export -> $OUT"
-$PY -m storyreel.pipelines.export outputs/train/scene-default/model --causal outputs/train/scene-default-causal/model \
+$PY -m storyreel.pipelines.export "$SCENE_RUN/model" --causal outputs/train/scene-default-causal/model \
     --out "$OUT" --dtype float16 --name "${PIPELINE_NAME:-storyreel-default}"
 if [ -z "${SKIP_BENCH:-}" ]; then
   dev=$($PY -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
