@@ -18,6 +18,7 @@ encode the prompts here first and hand them over:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -101,6 +102,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n", type=int, default=50, help="held-out scripts (4 shots each)")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the pipeline's)")
+    ap.add_argument("--modes", nargs="+", default=["joint", "causal", "per-shot"], choices=["joint", "causal", "per-shot"],
+                    help="which generation modes to score (ground truth is always scored)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--text-cache", type=Path, default=None, help="prompt states written by --write-text-cache")
     ap.add_argument("--write-text-cache", type=Path, default=None, help="encode the run's prompts into this file and stop")
@@ -109,6 +113,8 @@ def main() -> None:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     pipe = ScenePipeline.from_pretrained(args.model, device=args.device)
     steps = args.steps or pipe.defaults.steps
+    if args.guidance is not None:
+        pipe.defaults = dataclasses.replace(pipe.defaults, guidance=args.guidance)
     scripts = held_out(args.n)
     if args.write_text_cache is not None:
         write_text_cache(pipe, scripts, args.write_text_cache)
@@ -119,10 +125,12 @@ def main() -> None:
     t0 = time.perf_counter()
     for k, script in enumerate(scripts):
         results["ground truth"].append(score_scene([s.frames for s in render_script(script).shots], script))
-        results["joint"].append(score_scene(pipe.generate(script, mode="joint", steps=steps).videos, script))
-        if pipe.causal is not None:
+        if "joint" in args.modes:
+            results["joint"].append(score_scene(pipe.generate(script, mode="joint", steps=steps).videos, script))
+        if "causal" in args.modes and pipe.causal is not None:
             results["causal (KV cache)"].append(score_scene(pipe.generate(script, mode="causal", steps=steps).videos, script))
-        results["per-shot baseline"].append(score_scene(per_shot(pipe, script, steps), script))
+        if "per-shot" in args.modes:
+            results["per-shot baseline"].append(score_scene(per_shot(pipe, script, steps), script))
         print(f"{k + 1}/{len(scripts)} scripts, {time.perf_counter() - t0:.0f} s", flush=True)
         if args.out is not None and (k + 1) % 10 == 0 and k + 1 < len(scripts):
             report(args, pipe, steps, results, k + 1, time.perf_counter() - t0, quiet=True)  # partial results survive a kill
@@ -137,7 +145,9 @@ def report(args, pipe: ScenePipeline, steps: int, results: dict[str, list], n: i
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu_name()}, torch {torch.__version__}, device {args.device}",
         f"- model: {pipe.name}; {n} held-out scripts of 4 shots (seeds {HELD_OUT_BASE}…{HELD_OUT_BASE + n - 1}); "
         f"steps {steps}, guidance {pipe.defaults.guidance}; wall time {wall:.0f} s" + ("" if n == args.n else f" (partial: {n} of {args.n})"),
-        f"- command: `python benchmarks/default_model.py --n {args.n}" + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
+        f"- command: `python benchmarks/default_model.py --n {args.n}" + (f" --device {args.device}" if args.device != "cpu" else "")
+        + (f" --guidance {args.guidance:g}" if args.guidance is not None else "")
+        + (f" --modes {' '.join(args.modes)}" if len(args.modes) < 3 else "") + "`",
         "- metrics from pixels alone (`storyreel.eval`, docs/evaluation.md); pattern distribution = share of characters "
         "(first appearance) detected solid / dots / stripes; StoryWorld draws each with probability 1/3",
         "",
