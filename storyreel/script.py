@@ -10,6 +10,7 @@ what was wrong and what is allowed. ``history`` holds 1-based shot numbers (shot
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import numbers
 import os
@@ -283,7 +284,13 @@ class SceneScript(_Strict):
 def character_descriptions(global_prompt: str) -> dict[int, str]:
     """``{N: description}`` of the ``Character N: description.`` entries of an LCT-form global prompt (the form
     :meth:`SceneScript.global_prompt_text` and StoryWorld write); ``{}`` for a prompt without such entries."""
-    return {int(n): d.strip() for n, d in _CHAR_DEF.findall(global_prompt)}
+    return dict(_parse_characters(global_prompt))
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_characters(global_prompt: str) -> tuple[tuple[int, str], ...]:
+    # the trainer asks for every shot of every window: parse each scene's global prompt once
+    return tuple((int(n), d.strip()) for n, d in _CHAR_DEF.findall(global_prompt))
 
 
 def expand_character_refs(prompt: str, descriptions: Mapping[int, str]) -> str:

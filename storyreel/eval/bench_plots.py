@@ -34,6 +34,15 @@ def _save(fig: Figure, path: PathLike) -> Path:
     return out
 
 
+def _style_line_panel(ax, title: str, xlabel: str, *, legend_size: int) -> None:  # noqa: ANN001
+    """Title, integer x axis, grid and legend of a line-plot panel."""
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def _finite(v: float | None) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
@@ -83,11 +92,7 @@ def per_shot_curves(path: PathLike, series: Mapping[str, Mapping[str, Sequence[f
             vals = np.array([float(v) if _finite(v) else np.nan for v in ys], dtype=np.float64)  # [N]
             if np.isfinite(vals).any():
                 ax.plot(np.arange(1, vals.size + 1), vals, marker="o", label=name)
-        ax.set_title(panel, fontsize=10)
-        ax.set_xlabel("shot")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _style_line_panel(ax, panel, "shot", legend_size=7)
     fig.suptitle(title)
     fig.subplots_adjust(hspace=0.5, wspace=0.25, top=1 - 0.5 / (3.4 * rows), bottom=0.45 / (3.4 * rows))
     return _save(fig, path)
@@ -103,11 +108,7 @@ def cost_curves(path: PathLike, history: Sequence[int], cost: Mapping[str, Mappi
         for name, ys in lines.items():
             vals = np.array([float(v) if _finite(v) else np.nan for v in ys], dtype=np.float64)  # [H]
             ax.plot(list(history), vals, marker="o", label=name)
-        ax.set_title(panel, fontsize=10)
-        ax.set_xlabel("history shots")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style_line_panel(ax, panel, "history shots", legend_size=8)
     fig.suptitle(title)
     fig.subplots_adjust(wspace=0.25, top=0.84, bottom=0.15)
     return _save(fig, path)

@@ -254,11 +254,16 @@ def _lse_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, for_grad: bool =
 _MATH_CHUNK_ELEMENTS = 1 << 28  # score elements per chunk of the float32 fallback (1 GiB)
 
 
+def _math_rows(q: Tensor, k: Tensor) -> int:
+    """Query rows per chunk of the float32 fallback (forward and backward chunk alike)."""
+    n, h = q.shape[:2]
+    return max(1, _MATH_CHUNK_ELEMENTS // max(1, n * h * k.shape[2]))
+
+
 def _math_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Reference attention in float32 (``out`` in q's dtype, ``lse`` float32), in query chunks so that no score
     tensor reaches 2^31 elements (CUDA matmuls fault beyond that) or more memory than it needs."""
-    n, h, lq, _ = q.shape
-    rows = max(1, _MATH_CHUNK_ELEMENTS // max(1, n * h * k.shape[2]))
+    lq, rows = q.shape[2], _math_rows(q, k)
     kf, vf = k.float().transpose(-1, -2), v.float()
     outs, lses = [], []
     for a in range(0, lq, rows):
@@ -281,8 +286,7 @@ def _lse_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
             do, q, k, v, o, lse.contiguous(), cq, ck, mq, mk, 0.0, False, seed, offset, scale=scale
         )
     kf, vf = k.float(), v.float()
-    n, h, lq, _ = q.shape
-    rows = max(1, _MATH_CHUNK_ELEMENTS // max(1, n * h * k.shape[2]))
+    lq, rows = q.shape[2], _math_rows(q, k)
     dqs, dk, dv = [], torch.zeros_like(kf), torch.zeros_like(vf)
     for a in range(0, lq, rows):  # query chunks, as in the forward
         qf, dof, of = (t[:, :, a : a + rows].float() for t in (q, do, o))
