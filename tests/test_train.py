@@ -173,6 +173,58 @@ def test_shot_loss_averages_each_shot_then_shots():
     assert per.tolist() == [[1.0, 9.0]] and float(loss) == 5.0  # not the token mean (37/5)
 
 
+def test_shot_loss_cell_weights_weigh_the_mean_within_each_shot():
+    pred = torch.zeros(1, 1, 2, 1, 2)
+    target = torch.tensor([1.0, 3.0, 2.0, 2.0]).reshape(1, 1, 2, 1, 2)  # shot 0: cells 1, 3; shot 1: cells 2, 2
+    cells = torch.tensor([1.0, 3.0, 1.0, 5.0]).reshape(1, 1, 2, 1, 2)
+    loss, per = shot_loss(pred, target, [1, 1], torch.ones(1, 2), cells)
+    assert per.tolist() == [[(1 * 1 + 3 * 9) / 4, 4.0]]  # weighted mean of squared errors; a flat shot is unchanged
+    assert float(loss) == pytest.approx((7.0 + 4.0) / 2)
+    ones, _ = shot_loss(pred, target, [1, 1], torch.ones(1, 2), torch.ones_like(cells))
+    assert float(ones) == float(shot_loss(pred, target, [1, 1], torch.ones(1, 2))[0])
+
+
+def test_character_weight_marks_the_latent_cells_of_character_boxes(data_dir, tmp_path):
+    from storyreel.train.batching import character_cells
+
+    sets = ["data.single_shot_prob=0.0", "data.frame_substitution=0.3", "train.batch_size=3"]
+    task = build_trainer(debug(data_dir, tmp_path, *sets, "train.character_weight=4")).task
+    batch = task.batch(5, 0)
+    cw = batch.cell_weights
+    assert cw is not None and cw.shape == (batch.latents.shape[0], 1, *batch.latents.shape[2:])
+    assert set(torch.unique(cw).tolist()) <= {1.0, 5.0} and bool((cw == 5.0).any()) and bool((cw == 1.0).any())
+    # every box corner maps into a marked cell of the latent frame that covers its frame
+    sampler, h, w = task.sampler, *batch.latents.shape[-2:]
+    tl = max(batch.frames_per_shot)  # latent frames of a video shot (image shots have 1)
+    windows = sampler.draw(task.builder.plan(5), 3, np.random.default_rng(0))
+    for specs in windows:
+        lat = [1 if len(s.frames) == 1 else tl for s in specs]
+        cells = character_cells(sampler, specs, lat, (h, w))
+        assert cells.shape == (sum(lat), h, w)
+        offset = 0
+        for s, t_lat in zip(specs, lat):
+            scene = sampler.index.load(s.scene)
+            H = scene.frames[s.shot].shape[1]
+            r = round((len(s.frames) - 1) / (t_lat - 1)) if t_lat > 1 else 1
+            for j, f in enumerate(s.frames):
+                k = offset + min(t_lat - 1, math.ceil(j / r))
+                for box in scene.boxes[s.shot][f]:
+                    x0, y0, x1, y1 = box["box"]
+                    cx, cy = min(max(x0, 0), H - 1) * h // H, min(max(y0, 0), H - 1) * h // H
+                    if box["label"].startswith("Character") and x1 > 0 and y1 > 0 and x0 < H and y0 < H:
+                        assert cells[k, cy, cx] == 1.0
+            offset += t_lat
+    # the weighted loss differs from the plain mean on the same batch; 0 builds no weights
+    loss_w, _ = task.loss(task.model, batch)
+    batch.cell_weights = None
+    loss_plain, _ = task.loss(task.model, batch)
+    assert float(loss_w.detach()) != float(loss_plain.detach())
+    plain = build_trainer(debug(data_dir, tmp_path / "p", *sets)).task
+    assert plain.batch(5, 0).cell_weights is None
+    with pytest.raises(RecipeError, match="train.character_weight"):
+        debug(data_dir, tmp_path / "bad", "train.character_weight=-1")
+
+
 def test_timesteps_are_independent_per_shot_or_shared(data_dir, tmp_path):
     base = ["data.single_shot_prob=0.0", "train.cond_mask_prob=0.0", "data.frame_substitution=0.0", "train.batch_size=4"]
     task = build_trainer(debug(data_dir, tmp_path, *base)).task
@@ -357,6 +409,19 @@ def test_vae_recipe_trains_and_exports_a_fitted_vae(data_dir, tmp_path):
     vae = CausalVideoVAE.from_pretrained(out / "model")
     assert vae.config.scaling_factor != 1.0  # latent normalisation fitted at export
     assert (out / "checkpoints" / "step-000003" / "ema" / "model.safetensors").is_file()
+
+    # decoder-only fine-tune from it: the encoder and the latent normalisation stay, the decoder moves
+    sets = [f"data.path={data_dir}", "train.device=cpu", "output.progress=false", "model.name=debug", "data.frames=5",
+            "train.steps=3", "train.batch_size=2", "train.warmup_steps=0", "train.lr=1e-2"]
+    with pytest.raises(RecipeError, match="model.init_from"):
+        build_trainer(load_recipe("vae-small", [*sets, f"output.dir={tmp_path / 'x'}", "model.freeze_encoder=true"]))
+    run_from_config("vae-small", [*sets, f"output.dir={tmp_path / 'dec'}", f"model.init_from={out / 'model'}",
+                                  "model.freeze_encoder=true"])
+    tuned = CausalVideoVAE.from_pretrained(tmp_path / "dec" / "model")
+    assert (tuned.config.shift_factor, tuned.config.scaling_factor) == (vae.config.shift_factor, vae.config.scaling_factor)
+    before, after = vae.state_dict(), tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
 
 
 def test_mfu_is_model_flops_over_device_peak(tmp_path):

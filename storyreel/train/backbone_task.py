@@ -271,7 +271,7 @@ class BackboneTask(WindowTask):
             sampler=self.sampler, text_encoder=self.text_encoder, autoencoder=self.autoencoder, data=data,
             schedule=recipe.schedule, timesteps=tc.timesteps, cond_mask_prob=tc.cond_mask_prob, batch_size=tc.batch_size,
             patch_size=tuple(int(p) for p in self.model.patch_size), text_len=mc.text_len, latent_scale=1.0,
-            seed=tc.seed, rank=rank, world_size=world_size, device=device,
+            seed=tc.seed, rank=rank, world_size=world_size, device=device, character_weight=tc.character_weight,
         )
 
     # -- Task protocol ----------------------------------------------------------------------------
@@ -286,7 +286,7 @@ class BackboneTask(WindowTask):
         dtype = self.base_dtype
         pred = model(xt.to(dtype), t_model, batch.context.to(dtype), batch.layout, policy=self.recipe.model.attn_policy,
                      backend=self.recipe.model.backend)
-        loss, per_shot = shot_loss(pred, target, batch.frames_per_shot, batch.weights)
+        loss, per_shot = shot_loss(pred, target, batch.frames_per_shot, batch.weights, batch.cell_weights)
         return loss, {"loss_last_shot": last_shot_loss(per_shot, batch.weights)}
 
     def extra(self) -> dict[str, Any]:

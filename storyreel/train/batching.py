@@ -29,7 +29,9 @@ from storyreel.script import character_descriptions, expand_character_refs
 from storyreel.train.config import DataConfig, ScheduleConfig, StageConfig, TimestepConfig
 from storyreel.train.scenes import SceneIndex, SceneOrder
 
-__all__ = ["BatchBuilder", "ShotSpec", "StepPlan", "TrainBatch", "WindowSampler", "plan_step", "sample_conditioning"]
+__all__ = [
+    "BatchBuilder", "ShotSpec", "StepPlan", "TrainBatch", "WindowSampler", "character_cells", "plan_step", "sample_conditioning",
+]
 
 # stream ids of the seeded generators (one per kind of decision)
 _PLAN, _DRAW, _SAMPLE, _TORCH = 101, 202, 303, 404
@@ -214,6 +216,7 @@ class TrainBatch:
     dropped: Tensor  # [B] bool
     cond_mask: Tensor  # [B] bool
     sources: list[list[tuple[str, int]]] = field(default_factory=list)
+    cell_weights: Tensor | None = None  # [B, 1, T_total, h, w] per-latent-cell loss weights (None: all 1)
 
     @property
     def tokens(self) -> int:
@@ -223,7 +226,46 @@ class TrainBatch:
     def to(self, device: torch.device) -> TrainBatch:
         for name in ("latents", "noise", "t", "weights", "context"):
             setattr(self, name, getattr(self, name).to(device, non_blocking=True))
+        if self.cell_weights is not None:
+            self.cell_weights = self.cell_weights.to(device, non_blocking=True)
         return self
+
+
+def _frame_cells(sampler: WindowSampler, scene: int, shot: int, grid: tuple[int, int]) -> np.ndarray:
+    """bool ``[F, h, w]``: per stored frame of a shot, the latent cells inside a ``Character N`` box (cached)."""
+    cache: dict[tuple[int, int, tuple[int, int]], np.ndarray] = sampler.__dict__.setdefault("_cells", {})
+    key = (scene, shot, grid)
+    if key not in cache:
+        record = sampler.index.load(scene)
+        F, H, W = record.frames[shot].shape[:3]
+        h, w = grid
+        sy, sx = H / h, W / w
+        cells = np.zeros((F, h, w), dtype=bool)
+        for f, boxes in enumerate(record.boxes[shot]):
+            for box in boxes:
+                if str(box.get("label", "")).startswith("Character"):
+                    x0, y0, x1, y1 = box["box"]
+                    cells[f, max(0, int(y0 // sy)) : min(h, int(-(-y1 // sy))), max(0, int(x0 // sx)) : min(w, int(-(-x1 // sx)))] = True
+        cache[key] = cells
+    return cache[key]
+
+
+def character_cells(sampler: WindowSampler, specs: list[ShotSpec], latent_frames: list[int],
+                    grid: tuple[int, int]) -> Tensor:
+    """Which latent cells of a window show a character: float ``[T_total, h, w]``, 1 inside the box of any
+    ``Character N`` in the frames a latent frame covers (a causal autoencoder's latent frame ``k`` covers window
+    frames ``(k-1)·r+1 .. k·r``, frame 0 alone), 0 elsewhere. Boxes are the dataset's per-frame boxes."""
+    out = []
+    for spec, tl in zip(specs, latent_frames):
+        frames = _frame_cells(sampler, spec.scene, spec.shot, grid)[list(spec.frames)]  # [n, h, w]
+        n = frames.shape[0]
+        r = max(1, round((n - 1) / (tl - 1))) if tl > 1 else max(1, n)  # window frames per latent frame
+        k = np.minimum(tl - 1, -(-np.arange(n) // r))  # [n] latent frame of each window frame: ceil(j / r)
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])  # k is sorted: one run of frames per latent frame
+        cells = np.zeros((tl, *grid), dtype=bool)
+        cells[k[starts]] = np.logical_or.reduceat(frames, starts, axis=0)
+        out.append(cells)
+    return torch.from_numpy(np.concatenate(out, axis=0).astype(np.float32))  # [T_total, h, w]
 
 
 class BatchBuilder:
@@ -241,6 +283,7 @@ class BatchBuilder:
         self, *, sampler: WindowSampler, text_encoder: Any, autoencoder: Any, data: DataConfig, schedule: ScheduleConfig,
         timesteps: TimestepConfig, cond_mask_prob: float, batch_size: int, patch_size: tuple[int, int, int], text_len: int,
         latent_scale: float = 1.0, seed: int = 0, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+        character_weight: float = 0.0,
     ) -> None:
         self.sampler = sampler
         self.text_encoder = text_encoder
@@ -249,6 +292,7 @@ class BatchBuilder:
         self.schedule = schedule
         self.timesteps = timesteps
         self.cond_mask_prob = cond_mask_prob
+        self.character_weight = float(character_weight)
         self.batch_size = batch_size
         self.patch_size = tuple(patch_size)
         self.text_len = text_len
@@ -289,10 +333,14 @@ class BatchBuilder:
         noise = torch.randn(latents.shape, generator=gen, dtype=latents.dtype)
         layout = self._layout(grids, plan)
         context, prompts = self._context(items, dropped, layout)
+        cells = None
+        if self.character_weight > 0:
+            cells = [character_cells(self.sampler, it["specs"], frames_per_shot, tuple(latents.shape[-2:])) for it in items]
+            cells = 1.0 + self.character_weight * torch.stack(cells)[:, None]  # [B, 1, T_total, h, w]
         return TrainBatch(
             latents=latents, noise=noise, t=t, weights=weights, context=context, layout=layout,
             frames_per_shot=frames_per_shot, plan=plan, prompts=prompts, dropped=torch.from_numpy(dropped),
-            cond_mask=torch.from_numpy(cond), sources=[it["sources"] for it in items],
+            cond_mask=torch.from_numpy(cond), sources=[it["sources"] for it in items], cell_weights=cells,
         )
 
     @torch.no_grad()

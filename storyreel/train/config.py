@@ -95,6 +95,7 @@ class ModelConfig:
     latent_scale: float | None = None  # None: the autoencoder's own scaling factor (or 1)
     init_from: str | None = None  # checkpoint or model folder to start from (e.g. bidirectional weights)
     init_weights: Literal["ema", "model"] = "ema"
+    freeze_encoder: bool = False  # kind=vae: train the decoder only, from init_from (its latents stay valid)
     backend: str = "auto"  # attention backend
 
     def __post_init__(self) -> None:
@@ -184,6 +185,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     cond_mask_prob: float = 0.0  # Mask²DiT segment-level conditional mask
+    character_weight: float = 0.0  # extra loss weight on latent cells inside character boxes (0: plain mean)
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     vae_loss: dict[str, Any] = field(default_factory=dict)  # kind=vae: keyword arguments of vae_loss
@@ -205,6 +207,8 @@ class TrainConfig:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device", self.device, "use auto, cpu, cuda or cuda:N")
         _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
         _check(0.0 <= self.cond_mask_prob <= 1.0, "train.cond_mask_prob", self.cond_mask_prob, "use a probability in [0, 1]")
+        _check(self.character_weight >= 0.0, "train.character_weight", self.character_weight,
+               "use >= 0 (0 weighs every latent cell alike; 4 makes a cell inside a character box count 5 times)")
 
 
 @dataclass(kw_only=True)

@@ -23,13 +23,16 @@ from storyreel.train.scenes import SceneIndex
 __all__ = ["SceneTask", "WindowTask", "build_model_config", "last_shot_loss", "load_init_weights", "shot_loss"]
 
 
-def shot_loss(pred: Tensor, target: Tensor, frames_per_shot: list[int], weights: Tensor) -> tuple[Tensor, Tensor]:
+def shot_loss(pred: Tensor, target: Tensor, frames_per_shot: list[int], weights: Tensor,
+              cell_weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-shot flow-matching loss.
 
     Args:
         pred, target: ``[B, C, T_total, h, w]`` with the shots concatenated along latent time.
         frames_per_shot: latent frames of each shot (sums to ``T_total``).
         weights: ``[B, n_shots]``, 1 where a shot carries loss (0: a clean conditioning shot).
+        cell_weights: optional ``[B, 1, T_total, h, w]`` weights of the latent cells (``train.character_weight``);
+            a shot's loss is then the weighted mean of its squared errors.
     Returns:
         ``(loss, per_shot)``: the mean of each shot's MSE over its own tokens, averaged over the shots that carry
         loss (so short image shots and long video shots count alike), and ``per_shot [B, n_shots]`` (detached).
@@ -38,7 +41,11 @@ def shot_loss(pred: Tensor, target: Tensor, frames_per_shot: list[int], weights:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     err = (pred.float() - target.float()).square()  # [B, C, T_total, h, w]
     chunks = torch.split(err, list(frames_per_shot), dim=2)  # n × [B, C, T_i, h, w]
-    per_shot = torch.stack([c.mean(dim=(1, 2, 3, 4)) for c in chunks], dim=1)  # [B, n]
+    if cell_weights is None:
+        per_shot = torch.stack([c.mean(dim=(1, 2, 3, 4)) for c in chunks], dim=1)  # [B, n]
+    else:
+        cw = torch.split(cell_weights.to(err).expand(err.shape[0], 1, *err.shape[2:]), list(frames_per_shot), dim=2)
+        per_shot = torch.stack([(c * m).mean(dim=(1, 2, 3, 4)) / m.mean(dim=(1, 2, 3, 4)) for c, m in zip(chunks, cw)], dim=1)
     w = weights.to(per_shot)
     denom = w.sum()
     if float(denom) <= 0:
@@ -173,7 +180,7 @@ class SceneTask(WindowTask):
             sampler=self.sampler, text_encoder=self.text_encoder, autoencoder=self.autoencoder, data=data,
             schedule=recipe.schedule, timesteps=tc.timesteps, cond_mask_prob=tc.cond_mask_prob, batch_size=tc.batch_size,
             patch_size=self.model_config.patch_size, text_len=mc.text_len, latent_scale=scale, seed=tc.seed, rank=rank,
-            world_size=world_size, device=device,
+            world_size=world_size, device=device, character_weight=tc.character_weight,
         )
 
     # -- Task protocol ----------------------------------------------------------------------------
@@ -184,7 +191,7 @@ class SceneTask(WindowTask):
         xt = noise_latents(batch.latents, batch.noise, t_frames)  # [B, C, T_total, h, w]
         target = flow_target(batch.latents, batch.noise)
         pred = model(xt, batch.t, batch.context, batch.layout, backend=self.recipe.model.backend)
-        loss, per_shot = shot_loss(pred, target, batch.frames_per_shot, batch.weights)
+        loss, per_shot = shot_loss(pred, target, batch.frames_per_shot, batch.weights, batch.cell_weights)
         return loss, {"loss_last_shot": last_shot_loss(per_shot, batch.weights)}
 
     def extra(self) -> dict[str, Any]:

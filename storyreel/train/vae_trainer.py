@@ -7,12 +7,14 @@ diffusion backbone. At export the EMA model's latent normalisation (shift / scal
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from storyreel.pretrained import CONFIG_NAME
 from storyreel.train.batching import StepPlan, WindowSampler, _rng, _torch_gen
 from storyreel.train.config import Recipe, RecipeError, StageConfig
 from storyreel.train.scenes import SceneIndex
@@ -68,10 +70,22 @@ class VAETask:
         self.model_config = build_vae_config(recipe)
         torch.manual_seed(recipe.train.seed)
         self.model = CausalVideoVAE(self.model_config)
+        self.frozen_norm: tuple[float, float] | None = None
+        if recipe.model.freeze_encoder and not recipe.model.init_from:
+            raise RecipeError("model.freeze_encoder=true trains the decoder of an existing autoencoder; set model.init_from "
+                              "to its folder (e.g. storyreel/weights/default/autoencoder) or drop freeze_encoder")
         if recipe.model.init_from:
             from storyreel.train.scene_task import load_init_weights
 
-            load_init_weights(self.model, recipe.model.init_from, prefer=recipe.model.init_weights)
+            weights = load_init_weights(self.model, recipe.model.init_from, prefer=recipe.model.init_weights)
+            if recipe.model.freeze_encoder:
+                # the encoder and its latent normalisation stay exactly as they were, so every model trained on
+                # this autoencoder's latents keeps working with the new decoder
+                config = json.loads((weights.parent / CONFIG_NAME).read_text()) if (weights.parent / CONFIG_NAME).is_file() else {}
+                self.frozen_norm = (float(config.get("shift_factor", 0.0)), float(config.get("scaling_factor", 1.0)))
+                self.model.config = dataclasses.replace(self.model.config, shift_factor=self.frozen_norm[0],
+                                                        scaling_factor=self.frozen_norm[1])
+                self.model.encoder.requires_grad_(False)
         self.model.to(device)
         self.train_module = _LossModule(self.model, dict(recipe.train.vae_loss))
         self.index = SceneIndex(recipe.data.path, cache=recipe.data.cache_scenes)
@@ -133,6 +147,10 @@ class VAETask:
         from storyreel.autoencoders import CausalVideoVAE
 
         vae = CausalVideoVAE.from_pretrained(directory, device=self.device).eval()
+        if self.frozen_norm is not None:  # decoder-only: keep the encoder's normalisation
+            vae.config = dataclasses.replace(vae.config, shift_factor=self.frozen_norm[0], scaling_factor=self.frozen_norm[1])
+            vae.save_pretrained(directory, extra=self.extra())
+            return
         sampler = WindowSampler(self.index, self.recipe.data, seed=self.recipe.train.seed + 1)
         plan = StepPlan(stage=self._stage, stage_index=0, n_shots=1, image_shots=(False,))
         clips = [self._clips(sampler, plan, self.recipe.train.batch_size, _rng(self.recipe.train.seed, 808, i)).to(self.device)
