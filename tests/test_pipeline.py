@@ -101,7 +101,8 @@ def test_history_changes_the_shot(pipe):
     assert (with_history.latents[1] - alone.latents[1]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("options", [{}, {"goldenmem": True}, {"solver": "heun", "t_c": 0.0}, {"guidance": 1.0}])
+@pytest.mark.parametrize("options", [{}, {"goldenmem": True}, {"solver": "heun", "t_c": 0.0}, {"guidance": 1.0},
+                                     {"history_guidance": 2.0}, {"history_guidance": 2.0, "guidance": 1.0}])
 def test_causal_kv_cache_equals_recomputing_history(pipe, options):
     script = make_script(5)
     cached = pipe.generate(script, mode="causal", kv_cache=True, **options)
@@ -122,6 +123,37 @@ def test_goldenmem_bounds_history_tokens(pipe):
     plain = pipe.generate(script, mode="autoregressive").meta["generation"]["history_tokens"]
     assert plain == {"1": 0, "2": 4 * frame_tokens, "3": 8 * frame_tokens, "4": 8 * frame_tokens}
     assert gm["1"] == 0 and all(frame_tokens <= gm[k] < PHI * frame_tokens for k in ("2", "3", "4"))
+
+
+def test_history_guidance_math_over_segment_functions():
+    from storyreel.sampling.strategies import history_guided_segment_fn
+
+    def const(v):
+        return lambda latents, t: [torch.full_like(z, v) for z in latents]
+
+    z = [torch.zeros(1, 2, 1, 2, 2), torch.zeros(1, 2, 3, 2, 2)]
+    out = history_guided_segment_fn(const(5.0), const(1.0), const(4.0), 3.0, 2.0)(z, torch.zeros(1, 2))
+    assert [o.shape for o in out] == [x.shape for x in z]
+    assert all(torch.all(o == 1.0 + 3.0 * (5.0 - 1.0) + 2.0 * (5.0 - 4.0)) for o in out)  # u + g(c-u) + h(c-a)
+    out = history_guided_segment_fn(const(5.0), None, const(4.0), 3.0, 2.0)(z, torch.zeros(1, 2))
+    assert all(torch.all(o == 5.0 + 2.0 * (5.0 - 4.0)) for o in out)  # no text guidance: c + h(c-a)
+
+
+@pytest.mark.parametrize("mode", ["joint", "autoregressive", "causal"])
+def test_history_guidance_pushes_shots_by_the_other_shots_only(pipe, mode):
+    script = make_script(3)
+    plain = pipe.generate(script, mode=mode)
+    guided = pipe.generate(script, mode=mode, history_guidance=2.0)
+    assert guided.meta["history_guidance"] == 2.0 and plain.meta["history_guidance"] == 0.0
+    assert (guided.latents[1] - plain.latents[1]).abs().max() > 1e-4  # the term is really applied
+    if mode == "causal":
+        # the context-causal model's global prompt sees only itself, so for a shot without history "alone" is
+        # exactly "with the others" and the term vanishes (the bidirectional model's global prompt also reads the
+        # shots, which the alone branch cuts off)
+        assert (guided.latents[0] - plain.latents[0]).abs().max() <= 1e-5
+        single = make_script(1)
+        a, b = pipe.generate(single, mode=mode), pipe.generate(single, mode=mode, history_guidance=2.0)
+        assert (a.latents[0] - b.latents[0]).abs().max() <= 1e-5
 
 
 def test_joint_mask_policy_is_selectable(pipe):
@@ -276,6 +308,31 @@ def test_trained_autoencoder_is_saved_in_the_pipeline_folder(tmp_path):
     assert [v.shape for v in result.videos] == [(5, 16, 16, 3)] * 2
 
 
+def test_export_can_ship_a_decoder_only_fine_tune_and_refuses_another_encoder(tmp_path):
+    from storyreel.autoencoders import get_autoencoder
+
+    torch.manual_seed(1)
+    ae = get_autoencoder("vae-debug")
+    ae.save_pretrained(tmp_path / "ae")
+    with torch.no_grad():  # a decoder-only fine-tune: same encoder, new decoder
+        for name, p in ae.named_parameters():
+            if name.startswith("decoder."):
+                p.add_(0.01)
+    ae.save_pretrained(tmp_path / "ae-decoder")
+    with torch.no_grad():
+        next(p for n, p in ae.named_parameters() if n.startswith("encoder.")).add_(0.01)
+    ae.save_pretrained(tmp_path / "ae-other")
+    extra = {"text_encoder": "hashing", "text_encoder_kwargs": {"dim": 64}, "text_len": 8, "autoencoder": str(tmp_path / "ae"),
+             "latent_scale": 1.0, "global_prompt": True, "frames": 5}
+    cfg = get_model_config("debug", in_channels=ae.latent_channels, text_dim=64, text_len=8, max_shots=2)
+    MultiShotMMDiT(cfg).save_pretrained(tmp_path / "scene", extra=extra)
+    pipe = ScenePipeline.from_model_folders(tmp_path / "scene", autoencoder=tmp_path / "ae-decoder")
+    shipped = get_autoencoder(tmp_path / "ae-decoder").state_dict()
+    assert all(torch.equal(v, shipped[k]) for k, v in pipe.autoencoder.state_dict().items())
+    with pytest.raises(GenerationError, match="encoder weights differ.*decoder-only fine-tune"):
+        ScenePipeline.from_model_folders(tmp_path / "scene", autoencoder=tmp_path / "ae-other")
+
+
 def test_pipeline_from_training_export(tmp_path):
     cfg = get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3)
     model = MultiShotMMDiT(cfg)
@@ -301,11 +358,13 @@ def test_export_stores_half_precision_weights_that_load_back(tmp_path):
     MultiShotMMDiT(get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3, attn_policy="causal_shots")
                    ).save_pretrained(tmp_path / "causal", extra=extra)
     assert export_main([str(tmp_path / "scene"), "--causal", str(tmp_path / "causal"), "--out", str(tmp_path / "p"),
-                        "--dtype", "float16"]) == 0
+                        "--dtype", "float16", "--history-guidance", "2"]) == 0
+    assert json.loads((tmp_path / "p" / "pipeline.json").read_text())["defaults"]["history_guidance"] == 2.0
     with safe_open(str(tmp_path / "p" / "scene" / "model.safetensors"), "pt") as fh:
         assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.float16}
     full = ScenePipeline.from_model_folders(tmp_path / "scene", causal=tmp_path / "causal")
     half = ScenePipeline.from_pretrained(tmp_path / "p")
+    assert half.defaults.history_guidance == 2.0 and full.defaults.history_guidance == 0.0
     assert half.causal is not None and next(half.scene.parameters()).dtype == torch.float32
     for (name, p), q in zip(full.scene.named_parameters(), half.scene.parameters()):
         torch.testing.assert_close(q, p, atol=1e-3, rtol=1e-3, msg=name)  # fp16 rounding only
@@ -378,6 +437,8 @@ def test_bad_settings_are_refused(pipe, no_compute):
         pipe.check(make_script(2), mode="causal", policy="full")
     with pytest.raises(GenerationError, match="goldenmem"):
         pipe.check(make_script(2), mode="joint", goldenmem=True)
+    with pytest.raises(GenerationError, match="history_guidance"):
+        pipe.check(make_script(2), history_guidance=-1.0)
 
 
 def test_missing_model_and_missing_default(tmp_path, monkeypatch):

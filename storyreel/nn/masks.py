@@ -212,6 +212,20 @@ class BlockDiagonal(MaskPolicy):
 
 
 @dataclass(frozen=True, repr=False)
+class IsolatedShots(MaskPolicy):
+    """Each shot attends only within itself and to the global segments, which see only themselves: no path from
+    one shot to another (history guidance's "alone" branch; for a context-causal model it is the shot generated
+    with no history, exactly)."""
+
+    @property
+    def name(self) -> str:
+        return "isolated_shots"
+
+    def allowed(self, q: TokenMeta, k: TokenMeta) -> Tensor:
+        return (q.shot == k.shot) | k.is_global()
+
+
+@dataclass(frozen=True, repr=False)
 class CausalShots(MaskPolicy):
     """Token of shot i sees every token of shots <= i (global = shot -1); bidirectional within a shot."""
 
@@ -261,6 +275,7 @@ POLICY_NAMES: tuple[str, ...] = (
     "mask2dit:v4",
     "mask2dit:v5",
     "block_diagonal",
+    "isolated_shots",
     "causal_shots",
     "layout_keyframe",
 )
@@ -279,6 +294,8 @@ def get_policy(spec: str | MaskPolicy) -> MaskPolicy:
         return BlockDiagonal()
     if name == "causal_shots":
         return CausalShots()
+    if name == "isolated_shots":
+        return IsolatedShots()
     if name == "layout_keyframe":
         return LayoutKeyframe()
     if name == "mask2dit":

@@ -72,7 +72,9 @@ class PipelineDefaults:
 
     ``t_c`` is the noise level of conditioning (history) shots, 0 = clean; ``context_window`` the most shots one
     forward pass sees (history + the new shot; ``None`` = the model's ``max_shots``); ``history`` the selection
-    strategy beyond the window; ``goldenmem`` compresses history frames (Captain Cinema GoldenMem).
+    strategy beyond the window; ``goldenmem`` compresses history frames (Captain Cinema GoldenMem);
+    ``history_guidance`` the weight of history guidance (0 = off): each step also runs the model with every shot cut
+    off from the others and moves the result away from it, ``+ h·(with others − alone)``.
     """
 
     steps: int = 24
@@ -83,6 +85,7 @@ class PipelineDefaults:
     context_window: int | None = None
     history: str = "recency"
     goldenmem: bool = False
+    history_guidance: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(field: str, allowed: str) -> ValueError:
@@ -105,6 +108,9 @@ class PipelineDefaults:
             raise bad("history", ", ".join(HISTORY_STRATEGIES))
         if not isinstance(self.goldenmem, bool):
             raise bad("goldenmem", "true or false")
+        hg = self.history_guidance
+        if isinstance(hg, bool) or not isinstance(hg, (int, float)) or not 0 <= hg < math.inf:
+            raise bad("history_guidance", "a finite number >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class GenerationPlan:
     latent_shapes: tuple[tuple[int, int, int, int], ...]  # per shot (C, T', h, w)
     height: int
     width: int
+    history_guidance: float = 0.0
 
 
 @dataclass
@@ -390,9 +397,14 @@ class ScenePipeline:
     def from_model_folders(
         cls, scene: str | os.PathLike[str], *, causal: str | os.PathLike[str] | None = None,
         defaults: PipelineDefaults | None = None, device: str | torch.device = "cpu", name: str | None = None,
+        autoencoder: str | os.PathLike[str] | None = None,
     ) -> ScenePipeline:
         """Assemble a pipeline from model folders exported by ``storyreel train`` (their ``config.json`` records the
-        text encoder, autoencoder, text length, latent scale and global-prompt use under ``_extra``)."""
+        text encoder, autoencoder, text length, latent scale and global-prompt use under ``_extra``).
+
+        ``autoencoder`` replaces the recorded autoencoder with a folder whose encoder and latent normalisation are
+        the same (a decoder-only fine-tune, ``model.freeze_encoder``); anything else is refused, since the scene
+        model would read latents it was not trained on."""
         dev = resolve_device(device)
         folder = Path(scene)
         try:
@@ -412,6 +424,8 @@ class ScenePipeline:
             ae_spec = ({"path": ae_name} if (Path(ae_name) / CONFIG_NAME).is_file()
                        else {"name": ae_name, "kwargs": dict(extra.get("autoencoder_kwargs") or {})})
             ae = _load_autoencoder(ae_spec, Path.cwd(), dev)
+            if autoencoder is not None:
+                ae, ae_spec = _same_encoder(ae, Path(autoencoder), dev, trained_with=ae_name)
             text = {"name": extra["text_encoder"], "kwargs": dict(extra.get("text_encoder_kwargs") or {})}
             encoder = _build_text_encoder(text, model.config.text_len, dev)
             trained = {k: extra.get(k) for k in ("recipe", "frames", "frame_stride", "init_from") if k in extra}
@@ -463,7 +477,7 @@ class ScenePipeline:
         self, script: SceneScript, *, mode: str | None = None, steps: int | None = None, guidance: float | None = None,
         seed: int | None = None, solver: str | None = None, shift: float | None = None, t_c: float | None = None,
         history: str | None = None, goldenmem: bool | None = None, context_window: int | None = None,
-        policy: str | None = None, kv_cache: bool = True,
+        policy: str | None = None, kv_cache: bool = True, history_guidance: float | None = None,
     ) -> GenerationPlan:
         """Resolve and check every setting for ``script`` without computing anything; :class:`GenerationError`
         names the first problem and its fix. Arguments override the script, which overrides the pipeline defaults."""
@@ -471,7 +485,7 @@ class ScenePipeline:
 
         return check_plan(self, script, mode=mode, steps=steps, guidance=guidance, seed=seed, solver=solver, shift=shift,
                           t_c=t_c, history=history, goldenmem=goldenmem, context_window=context_window, policy=policy,
-                          kv_cache=kv_cache)
+                          kv_cache=kv_cache, history_guidance=history_guidance)
 
     # ---------------------------------------------------------------------------------- generation
 
@@ -481,7 +495,7 @@ class ScenePipeline:
         callback: Callable[[GenerationEvent], None] | None = None, resume: bool = False, overwrite: bool = False,
         solver: str | None = None, shift: float | None = None, t_c: float | None = None, history: str | None = None,
         goldenmem: bool | None = None, context_window: int | None = None, policy: str | None = None,
-        kv_cache: bool = True, backend: str = "auto", model_id: str | None = None,
+        kv_cache: bool = True, backend: str = "auto", model_id: str | None = None, history_guidance: float | None = None,
     ) -> SceneResult:
         """Generate the shots of ``script``; see ``docs/generation.md``.
 
@@ -489,7 +503,8 @@ class ScenePipeline:
         ``causal`` (the context-causal model with a KV cache; ``kv_cache=False`` recomputes the history every step,
         giving the same video), ``extend`` (add shots to a run folder's finished shots). With a ``writer``
         (:class:`~storyreel.outputs.SceneWriter`) each shot is written as soon as it is final and the run is
-        finalised; ``resume`` skips shots already finished by the same run.
+        finalised; ``resume`` skips shots already finished by the same run. ``history_guidance`` (default: the
+        pipeline's) adds history guidance: one more model call per step, with every shot cut off from the others.
         """
         from storyreel.pipelines.scene_run import SceneRun
 
@@ -497,7 +512,7 @@ class ScenePipeline:
             script = load_script(script)
         plan = self.check(script, mode=mode, steps=steps, guidance=guidance, seed=seed, solver=solver, shift=shift,
                           t_c=t_c, history=history, goldenmem=goldenmem, context_window=context_window, policy=policy,
-                          kv_cache=kv_cache)
+                          kv_cache=kv_cache, history_guidance=history_guidance)
         if script.shots and any(s.keyframe is not None or s.layout for s in script.shots):
             warnings.warn("the scene pipeline ignores shots[].keyframe and shots[].layout (the story and long-take "
                           "pipelines use them)", stacklevel=2)
@@ -513,6 +528,25 @@ def _build_text_encoder(spec: dict[str, Any], text_len: int, dev: torch.device) 
     if str(spec["name"]).lower() == "minilm":
         kwargs.setdefault("device", dev)
     return get_text_encoder(str(spec["name"]), **kwargs)
+
+
+def _same_encoder(trained: Any, folder: Path, dev: torch.device, *, trained_with: str) -> tuple[Any, dict[str, Any]]:
+    """The autoencoder in ``folder`` if its encoder and latent normalisation equal ``trained``'s, else an error."""
+    new = _load_autoencoder({"path": str(folder)}, Path.cwd(), dev)
+    old_state, new_state = trained.state_dict(), new.state_dict()
+    enc = [k for k in old_state if k.startswith("encoder.")]
+    differs = [k for k in enc if k not in new_state or not torch.equal(old_state[k].float(), new_state[k].float())]
+    cfg_old, cfg_new = getattr(trained, "config", None), getattr(new, "config", None)
+    norm_old = (getattr(cfg_old, "shift_factor", None), getattr(cfg_old, "scaling_factor", None))
+    norm_new = (getattr(cfg_new, "shift_factor", None), getattr(cfg_new, "scaling_factor", None))
+    if not enc or differs or norm_old != norm_new:
+        what = (f"encoder weights differ ({differs[:2]}...)" if differs else
+                "it has no encoder to compare" if not enc else f"latent shift/scale differ ({norm_new} vs {norm_old})")
+        raise GenerationError(
+            f"autoencoder {folder} cannot replace {trained_with}, which the scene model was trained with: {what}. Only "
+            "a decoder-only fine-tune (model.freeze_encoder: true, from that autoencoder) keeps the latents the same"
+        )
+    return new, {"path": str(folder)}
 
 
 def _load_autoencoder(spec: Any, base: Path, dev: torch.device) -> Autoencoder:
@@ -541,7 +575,7 @@ def generate_to_dir(
 ) -> dict[str, Any]:
     """Generate a script into run folder ``out_dir`` (``shots/NN.mp4`` + sidecars, ``scene.mp4``, ``storyboard.png``,
     ``scene.json``); returns the ``scene.json`` dict. ``options`` go to :meth:`ScenePipeline.generate` (solver,
-    shift, t_c, history, goldenmem, context_window, policy, kv_cache, backend). Checks the device, the script, the
+    shift, t_c, history, goldenmem, context_window, policy, kv_cache, backend, history_guidance). Checks the device, the script, the
     model folder and every setting before any compute (:class:`GenerationError`, or ``ScriptError`` for the script).
     """
     from storyreel.outputs import SceneWriter

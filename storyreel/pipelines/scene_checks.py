@@ -55,6 +55,7 @@ def check_plan(
     pipe: ScenePipeline, script: SceneScript, *, mode: str | None, steps: int | None, guidance: float | None,
     seed: int | None, solver: str | None, shift: float | None, t_c: float | None, history: str | None,
     goldenmem: bool | None, context_window: int | None, policy: str | None, kv_cache: bool,
+    history_guidance: float | None = None,
 ) -> GenerationPlan:
     """Resolve the settings (argument > script setting the user wrote > pipeline default) and check them."""
     from storyreel.pipelines.scene import SOLVERS, GenerationPlan
@@ -91,6 +92,8 @@ def check_plan(
         raise _error(f"solver {solver!r} is unknown; choose {' or '.join(SOLVERS)}")
     shift = float(_number("shift", shift if shift is not None else d.shift, low=0, low_open=True))
     t_c = float(_number("t_c", t_c if t_c is not None else d.t_c, low=0, high=0.999))
+    history_guidance = float(_number("history_guidance", history_guidance if history_guidance is not None
+                                     else d.history_guidance, low=0))
     history = history if history is not None else d.history
     if history not in HISTORY_STRATEGIES:
         raise _error(f"history strategy {history!r} is unknown; choose one of {', '.join(HISTORY_STRATEGIES)}")
@@ -169,5 +172,5 @@ def check_plan(
     return GenerationPlan(
         mode=mode, steps=int(steps), guidance=guidance, seed=int(seed), solver=solver, shift=shift, t_c=t_c, history=history,
         goldenmem=goldenmem and mode != "joint", window=int(window), policy=policy, kv_cache=bool(kv_cache),
-        frames=frames, latent_shapes=shapes, height=height, width=width,  # type: ignore[arg-type]
+        frames=frames, latent_shapes=shapes, height=height, width=width, history_guidance=history_guidance,  # type: ignore[arg-type]
     )

@@ -31,6 +31,7 @@ from storyreel.nn.layout import Modality, Segment, SequenceLayout
 from storyreel.sampling.strategies import (
     SegmentFn,
     guided_segment_fn,
+    history_guided_segment_fn,
     mmdit_segment_fn,
     renoise,
     sample_autoregressive,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SceneRun"]
 
+_ISOLATED = "isolated_shots"  # the mask of history guidance's "alone" branch: no path from one shot to another
 _RENOISE_STREAM = 0x7E40  # seed stream of the noise that moves history to t_c
 
 
@@ -118,6 +120,7 @@ class SceneRun:
         payload = {
             "script": self.resolved_script(), "solver": p.solver, "shift": p.shift, "t_c": p.t_c, "history": p.history,
             "goldenmem": p.goldenmem, "window": p.window, "policy": p.policy, "model": self.pipe.weights_sha256(),
+            **({"history_guidance": p.history_guidance} if p.history_guidance else {}),  # older run keys stay valid
             "global_prompt": self.pipe.global_prompt, "latent_scale": self.pipe.latent_scale,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
@@ -254,11 +257,13 @@ class SceneRun:
     def _global(self) -> list[Segment]:
         return [self._text(-1)] if self.pipe.global_prompt else []
 
-    def _guided(self, make: Callable[[bool], SegmentFn]) -> SegmentFn:
-        g = self.plan.guidance
-        if g == 1.0:
-            return make(False)
-        return guided_segment_fn(make(False), make(True), g)
+    def _guided(self, make: Callable[..., SegmentFn]) -> SegmentFn:
+        """Text guidance ``u + g·(c − u)``, plus history guidance ``h·(c − c_alone)`` when ``plan.history_guidance``
+        is set: ``c_alone`` is the prompted model with every shot cut off from the other shots (``isolated_shots``)."""
+        g, h = self.plan.guidance, self.plan.history_guidance
+        if not h:
+            return make(False) if g == 1.0 else guided_segment_fn(make(False), make(True), g)
+        return history_guided_segment_fn(make(False), None if g == 1.0 else make(True), make(False, isolate=True), g, h)
 
     def _step_callback(self, shots: tuple[int, ...]) -> Callable[[int, int, list[Tensor]], None]:
         from storyreel.pipelines.scene import GenerationEvent
@@ -284,9 +289,10 @@ class SceneRun:
         layout = SequenceLayout(segs)
         prompts = [self.pipe.model_prompt(self.script, i) for i in range(self.n)]
 
-        def make(drop: bool) -> SegmentFn:
+        def make(drop: bool, isolate: bool = False) -> SegmentFn:
             ctx = self._context(layout, prompts, drop=drop)
-            return mmdit_segment_fn(self.model, layout, ctx, policy=self.plan.policy, backend=self.backend)
+            return mmdit_segment_fn(self.model, layout, ctx, policy=_ISOLATED if isolate else self.plan.policy,
+                                    backend=self.backend)
 
         out = sample_joint(self._guided(make), noise, list(range(self.n)), steps=self.plan.steps, shift=self.plan.shift,
                            solver=self.plan.solver, callback=self._step_callback(tuple(range(self.n))))  # type: ignore[arg-type]
@@ -349,9 +355,9 @@ class SceneRun:
         prompts = [it.prompt for it in items] + [self.pipe.model_prompt(self.script, i)]
         policy = self.plan.policy if self.plan.mode != "causal" else None
 
-        def make(drop: bool) -> SegmentFn:
-            return mmdit_segment_fn(self.model, layout, self._context(layout, prompts, drop=drop), policy=policy,
-                                    backend=self.backend)
+        def make(drop: bool, isolate: bool = False) -> SegmentFn:
+            return mmdit_segment_fn(self.model, layout, self._context(layout, prompts, drop=drop),
+                                    policy=_ISOLATED if isolate else policy, backend=self.backend)
 
         out = sample_autoregressive(self._guided(make), hist, hist_shot, [noise], [p], steps=self.plan.steps,
                                     t_c=self.plan.t_c, shift=self.plan.shift, solver=self.plan.solver,  # type: ignore[arg-type]
@@ -385,11 +391,12 @@ class SceneRun:
         t_prefix = torch.full((1, p), self.plan.t_c, device=self.device)
         prompt = self.pipe.model_prompt(self.script, i)
 
-        def make(drop: bool) -> SegmentFn:
+        def make(drop: bool, isolate: bool = False) -> SegmentFn:
             cache = self._ensure_cache(items, drop)
             layout = cache.full_layout(target)
             ctx = encode_context(self.pipe.text_encoder, [["" if drop else prompt]], text_len=self.text_len).to(self.device)
-            return mmdit_segment_fn(self.model, layout, ctx, backend=self.backend, kv_cache=cache, t_prefix=t_prefix)
+            return mmdit_segment_fn(self.model, layout, ctx, backend=self.backend, kv_cache=cache, t_prefix=t_prefix,
+                                    policy=_ISOLATED if isolate else None)
 
         out = sample_causal_kv(self._guided(make), [noise], [0], steps=self.plan.steps, shift=self.plan.shift,
                                solver=self.plan.solver, callback=self._step_callback((i,)))  # type: ignore[arg-type]
@@ -431,6 +438,7 @@ class SceneRun:
             "storyreel_version": __version__,
             "mode": p.mode, "seed": p.seed, "steps": p.steps, "guidance": p.guidance, "solver": p.solver, "shift": p.shift,
             "t_c": p.t_c, "history": p.history, "goldenmem": p.goldenmem, "context_window": p.window, "policy": p.policy,
+            "history_guidance": p.history_guidance,
             "kv_cache": p.kv_cache if p.mode == "causal" else None,
             "resolution": [p.width, p.height],
             "model": {"id": self.model_id, "name": self.pipe.name, "sha256": self.pipe.weights_sha256()},

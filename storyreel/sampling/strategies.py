@@ -30,6 +30,7 @@ from storyreel.sampling.joint import sample_flow
 __all__ = [
     "SegmentFn",
     "guided_segment_fn",
+    "history_guided_segment_fn",
     "mmdit_segment_fn",
     "pack_segments",
     "renoise",
@@ -219,6 +220,28 @@ def guided_segment_fn(cond: SegmentFn, uncond: SegmentFn, scale: float) -> Segme
         shapes = [tuple(z.shape) for z in latents]
         guided = classifier_free_guidance(packed(cond, shapes), packed(uncond, shapes), scale)
         return unpack_segments(guided(pack_segments(latents), t_row), shapes)
+
+    return fn
+
+
+def history_guided_segment_fn(cond: SegmentFn, uncond: SegmentFn | None, alone: SegmentFn, scale: float,
+                              history_scale: float) -> SegmentFn:
+    """Text and history guidance over segment functions: ``u + scale·(c − u) + history_scale·(c − a)``.
+
+    ``c``: the prompted model with the scene's other shots in view; ``u``: unprompted (``None``: no text guidance,
+    ``scale`` ignored); ``a``: prompted, but every shot alone (no attention to other shots). The history term pushes
+    a shot towards what the other shots imply beyond what its prompt does (history guidance, Song et al. 2025,
+    "History-Guided Video Diffusion"); ``history_scale = 0`` is plain classifier-free guidance.
+    """
+
+    def fn(latents: list[Tensor], t_row: Tensor) -> list[Tensor]:
+        c, a = cond(latents, t_row), alone(latents, t_row)
+        u = uncond(latents, t_row) if uncond is not None else None
+        out = []
+        for k, (ck, ak) in enumerate(zip(c, a)):
+            v = ck if u is None else u[k] + scale * (ck - u[k])
+            out.append(v + history_scale * (ck - ak))
+        return out
 
     return fn
 
