@@ -8,6 +8,13 @@ these seeds: training data is `synth_storyworld(seed=0)`, whose scene seeds are 
 on its own from its prompt and the global prompt, no other shots). Ground-truth renders are scored
 with the same metrics as the upper bound. Metrics: `storyreel.eval` (docs/evaluation.md).
 
+Two diagnostic rows say where consistency is lost:
+- `ground truth through the autoencoder`: every ground-truth shot encoded and decoded, the ceiling any
+  generator on these latents can reach;
+- `last shot from ground-truth history` (mode `gt-history`): shots 1-3 are the ground-truth renders, held as
+  clean history (`mode="extend"`), and the model generates shot 4; its appearance consistency counts only the
+  characters of shot 4, so it measures pattern transfer from history on its own.
+
 On a machine without the text encoder's package (e.g. a GPU box that only gets the repository),
 encode the prompts here first and hand them over:
 
@@ -51,6 +58,65 @@ def per_shot(pipe: ScenePipeline, script, steps: int):
         single = single.model_copy(update={"settings": script.settings.model_copy(update={"seed": script.settings.seed + i})})
         videos.append(pipe.generate(single, mode="joint", steps=steps).videos[0])
     return videos
+
+
+class MemoryRun:
+    """A run folder in memory (the writer protocol of ``ScenePipeline.generate``) whose first shots are given
+    frames, so ``mode="extend"`` generates the rest with them as history (no video files are written)."""
+
+    def __init__(self, shots: list, width: int, height: int) -> None:
+        self.shots = dict(enumerate(shots))
+        self.size = (width, height)
+        self.out_dir = "<memory>"
+
+    def finished_shots(self) -> list[int]:
+        return sorted(self.shots)
+
+    def shot_record(self, i: int) -> dict:
+        return {"width": self.size[0], "height": self.size[1]} if i in self.shots else None
+
+    def read_shot(self, i: int):
+        return self.shots[i]
+
+    def write_shot(self, i: int, frames, *, prompt: str, meta: dict) -> dict:
+        self.shots[i] = frames
+        return {}
+
+    def finalize(self, *, prompts, meta: dict) -> dict:
+        return {}
+
+
+def last_shot_from_history(pipe: ScenePipeline, script, truth: list, steps: int) -> dict:
+    """Scores of [ground-truth shots 1..n-1, generated shot n]; appearance consistency only over the characters
+    of shot n (every other character is ground truth, consistent by construction)."""
+    from storyreel.eval.common import MetricResult
+
+    width, height = truth[0].shape[2], truth[0].shape[1]
+    run = MemoryRun(truth[:-1], width, height)
+    video = pipe.generate(script, mode="extend", steps=steps, writer=run).videos
+    scores = score_scene(video, script)
+    last = script.n_shots - 1
+    app = scores["appearance_consistency"]
+    items = [it for it in app.items if last in it["shots"]]
+    totals = {"hits": float(sum(it["ok"] for it in items)), "count": float(len(items))}
+    scores["appearance_consistency"] = MetricResult(name=app.name, kind=app.kind, totals=totals, items=items,
+                                                    value=totals["hits"] / totals["count"] if totals["count"] else float("nan"))
+    return scores
+
+
+def through_autoencoder(pipe: ScenePipeline, shots: list) -> list:
+    """Every shot encoded and decoded by the pipeline's autoencoder (uint8 ``[T, H, W, 3]`` each)."""
+    from storyreel.media import tensor_to_frames
+    from storyreel.scene_inputs import encode_pixels
+
+    out = []
+    for frames in shots:
+        video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None]  # [1, T, 3, H, W]
+        with torch.no_grad():
+            z = encode_pixels(pipe.autoencoder, video, latent_scale=pipe.latent_scale).to(pipe.device)
+            x = pipe.autoencoder.decode(z / pipe.latent_scale, num_frames=frames.shape[0])  # [1, 3, T, H, W]
+        out.append(tensor_to_frames(x[0].permute(1, 0, 2, 3)))
+    return out
 
 
 def script_prompts(scripts) -> list[str]:
@@ -103,8 +169,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50, help="held-out scripts (4 shots each)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the pipeline's)")
-    ap.add_argument("--modes", nargs="+", default=["joint", "causal", "per-shot"], choices=["joint", "causal", "per-shot"],
-                    help="which generation modes to score (ground truth is always scored)")
+    ap.add_argument("--history-guidance", type=float, default=None, help="history guidance weight (default: the pipeline's)")
+    ap.add_argument("--modes", nargs="+", default=["joint", "causal", "per-shot", "gt-history"],
+                    choices=["joint", "causal", "per-shot", "gt-history"],
+                    help="which generation modes to score (ground truth, raw and through the autoencoder, is always scored)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--text-cache", type=Path, default=None, help="prompt states written by --write-text-cache")
     ap.add_argument("--write-text-cache", type=Path, default=None, help="encode the run's prompts into this file and stop")
@@ -115,22 +183,29 @@ def main() -> None:
     steps = args.steps or pipe.defaults.steps
     if args.guidance is not None:
         pipe.defaults = dataclasses.replace(pipe.defaults, guidance=args.guidance)
+    if args.history_guidance is not None:
+        pipe.defaults = dataclasses.replace(pipe.defaults, history_guidance=args.history_guidance)
     scripts = held_out(args.n)
     if args.write_text_cache is not None:
         write_text_cache(pipe, scripts, args.write_text_cache)
         return
     if args.text_cache is not None:
         load_text_cache(pipe, args.text_cache)
-    results: dict[str, list] = {"ground truth": [], "joint": [], "causal (KV cache)": [], "per-shot baseline": []}
+    results: dict[str, list] = {"ground truth": [], "ground truth through the autoencoder": [], "joint": [],
+                                "causal (KV cache)": [], "per-shot baseline": [], "last shot from ground-truth history": []}
     t0 = time.perf_counter()
     for k, script in enumerate(scripts):
-        results["ground truth"].append(score_scene([s.frames for s in render_script(script).shots], script))
+        truth = [s.frames for s in render_script(script).shots]
+        results["ground truth"].append(score_scene(truth, script))
+        results["ground truth through the autoencoder"].append(score_scene(through_autoencoder(pipe, truth), script))
         if "joint" in args.modes:
             results["joint"].append(score_scene(pipe.generate(script, mode="joint", steps=steps).videos, script))
         if "causal" in args.modes and pipe.causal is not None:
             results["causal (KV cache)"].append(score_scene(pipe.generate(script, mode="causal", steps=steps).videos, script))
         if "per-shot" in args.modes:
             results["per-shot baseline"].append(score_scene(per_shot(pipe, script, steps), script))
+        if "gt-history" in args.modes:
+            results["last shot from ground-truth history"].append(last_shot_from_history(pipe, script, truth, steps))
         print(f"{k + 1}/{len(scripts)} scripts, {time.perf_counter() - t0:.0f} s", flush=True)
         if args.out is not None and (k + 1) % 10 == 0 and k + 1 < len(scripts):
             report(args, pipe, steps, results, k + 1, time.perf_counter() - t0, quiet=True)  # partial results survive a kill
@@ -144,12 +219,16 @@ def report(args, pipe: ScenePipeline, steps: int, results: dict[str, list], n: i
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu_name()}, torch {torch.__version__}, device {args.device}",
         f"- model: {pipe.name}; {n} held-out scripts of 4 shots (seeds {HELD_OUT_BASE}…{HELD_OUT_BASE + n - 1}); "
-        f"steps {steps}, guidance {pipe.defaults.guidance}; wall time {wall:.0f} s" + ("" if n == args.n else f" (partial: {n} of {args.n})"),
+        f"steps {steps}, guidance {pipe.defaults.guidance}, history guidance {pipe.defaults.history_guidance:g}; wall time {wall:.0f} s" + ("" if n == args.n else f" (partial: {n} of {args.n})"),
         f"- command: `python benchmarks/default_model.py --n {args.n}" + (f" --device {args.device}" if args.device != "cpu" else "")
         + (f" --guidance {args.guidance:g}" if args.guidance is not None else "")
-        + (f" --modes {' '.join(args.modes)}" if len(args.modes) < 3 else "") + "`",
+        + (f" --history-guidance {args.history_guidance:g}" if args.history_guidance is not None else "")
+        + (f" --modes {' '.join(args.modes)}" if len(args.modes) < 4 else "") + "`",
         "- metrics from pixels alone (`storyreel.eval`, docs/evaluation.md); pattern distribution = share of characters "
         "(first appearance) detected solid / dots / stripes; StoryWorld draws each with probability 1/3",
+        "- diagnostic rows: *through the autoencoder* = ground truth encoded and decoded (the ceiling of any model on "
+        "these latents); *last shot from ground-truth history* = shots 1-3 given as clean history, shot 4 generated "
+        "(`mode=extend`), its appearance consistency over shot 4's characters only (pattern transfer from history)",
         "",
         "| | " + " | ".join(KEYS) + " | pattern distribution (solid/dots/stripes) |",
         "| --- |" + " --- |" * (len(KEYS) + 1),

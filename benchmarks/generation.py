@@ -4,6 +4,7 @@
     python benchmarks/generation.py --device cuda --out benchmarks/results/generation-gpu.md
 
     python benchmarks/generation.py --device cuda --random base --size 128 --frames 33   # a larger random model
+    python benchmarks/generation.py --device cuda --random large --ae-patch 1 4 4          # 2.0 B, 1,024 tokens per shot
 
 Measures (1) the `make demo` job: the 4-shot example in its default mode and steps, wall time of
 generation only (model already loaded); (2) per-shot time of the first and last shot of an 8-shot
@@ -11,9 +12,10 @@ scene in `causal` mode with the KV cache and without it (history recomputed ever
 (3) `autoregressive` vs `joint` total time on the 4-shot example.
 
 ``--random NAME`` times a randomly initialised MMDiT preset (``storyreel.models.MODELS``) with the exact
-patch autoencoder and the hashing text encoder instead of a trained pipeline, at ``--size`` pixels and
-``--frames`` frames per shot: the KV cache pays off when a step is compute-bound, which the 7.8 M-parameter
-default at 64×64 is not on a GPU (kernel launches dominate there).
+patch autoencoder (``--ae-patch``, default 1 2 2) and the hashing text encoder instead of a trained pipeline, at
+``--size`` pixels and ``--frames`` frames per shot: the KV cache pays off when a step is compute-bound, which the
+7.8 M-parameter default at 64×64 is not on a GPU (kernel launches dominate there). Every table also gives the
+FLOP model's ratios (``MultiShotMMDiT.flops_per_forward``) next to the measured ones.
 """
 
 from __future__ import annotations
@@ -55,14 +57,44 @@ def timed_generate(pipe: ScenePipeline, script, **kw) -> tuple[float, list[float
     return total, per_shot
 
 
-def random_pipeline(name: str, *, device: str) -> ScenePipeline:
+def flop_model(pipe: ScenePipeline, script) -> tuple[float, float]:
+    """FLOP-model ratios for causal generation of ``script`` (``MultiShotMMDiT.flops_per_forward``): the last shot
+    over the first with the KV cache, and the last shot without the cache over with it. Counts every model call of a
+    step (conditional, unconditional when guided, the "alone" branch under history guidance)."""
+    from storyreel.nn.embeddings import patch_grid
+    from storyreel.nn.layout import Modality, Segment, SequenceLayout
+
+    model = pipe.causal
+    plan = pipe.check(script, mode="causal")
+    text = model.config.text_len
+    grid = patch_grid(tuple(plan.latent_shapes[0][1:]), tuple(model.config.patch_size))
+    head = [Segment(Modality.TEXT, -1, (text, 1, 1))] if pipe.global_prompt else []
+    n = min(script.n_shots, plan.window)
+
+    def layout(k: int) -> SequenceLayout:
+        segs = list(head)
+        for i in range(k):
+            segs += [Segment(Modality.TEXT, i, (text, 1, 1)), Segment(Modality.VIDEO, i, grid)]
+        return SequenceLayout(segs)
+
+    branches = 2 if plan.guidance != 1.0 else 1
+    alone = 1 if plan.history_guidance else 0
+    first = (branches + alone) * model.flops_per_forward(layout(1), n_cached_segments=len(head))
+    cached_last = (branches * model.flops_per_forward(layout(n), n_cached_segments=len(head) + 2 * (n - 1))
+                   + alone * model.flops_per_forward(layout(1), n_cached_segments=len(head)))
+    full_last = (branches * model.flops_per_forward(layout(n))
+                 + alone * model.flops_per_forward(layout(n), policy="isolated_shots"))
+    return cached_last / first, full_last / cached_last
+
+
+def random_pipeline(name: str, *, device: str, ae_patch: tuple[int, int, int] = (1, 2, 2)) -> ScenePipeline:
     """A pipeline around randomly initialised ``name`` models (bidirectional + causal), exact patch autoencoder,
     hashing text encoder: timings only."""
     from storyreel.autoencoders import get_autoencoder
     from storyreel.models import MultiShotMMDiT, get_model_config
     from storyreel.text import get_text_encoder
 
-    ae = get_autoencoder("patch", patch=(1, 2, 2))
+    ae = get_autoencoder("patch", patch=tuple(ae_patch))
     text_len = 32
     kw = dict(in_channels=ae.latent_channels, text_dim=64, text_len=text_len, max_shots=8)
     torch.manual_seed(0)
@@ -70,7 +102,7 @@ def random_pipeline(name: str, *, device: str) -> ScenePipeline:
     causal = MultiShotMMDiT(get_model_config(name, attn_policy="causal_shots", **kw))
     spec = {"name": "hashing", "kwargs": {"dim": 64}}
     pipe = ScenePipeline(scene=scene, causal=causal, autoencoder=ae, text_encoder=get_text_encoder("hashing", dim=64, max_length=text_len),
-                         text_encoder_spec=spec, autoencoder_spec={"name": "patch", "kwargs": {"patch": [1, 2, 2]}},
+                         text_encoder_spec=spec, autoencoder_spec={"name": "patch", "kwargs": {"patch": list(ae_patch)}},
                          name=f"random {name} ({sum(p.numel() for p in scene.parameters()) / 1e6:.1f} M parameters)")
     return pipe.to(device)
 
@@ -104,11 +136,13 @@ def main() -> None:
     ap.add_argument("--random", default=None, metavar="NAME", help="time a random MMDiT preset instead of --model")
     ap.add_argument("--size", type=int, default=None, help="with --random: square resolution in pixels")
     ap.add_argument("--frames", type=int, default=None, help="with --random: frames per shot")
+    ap.add_argument("--ae-patch", type=int, nargs=3, default=(1, 2, 2), metavar=("T", "H", "W"),
+                    help="with --random: the patch autoencoder's patch (fewer tokens per shot with larger patches)")
     args = ap.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     if args.random:
-        pipe = random_pipeline(args.random, device=args.device)
+        pipe = random_pipeline(args.random, device=args.device, ae_patch=tuple(args.ae_patch))
     else:
         pipe = ScenePipeline.from_pretrained(args.model, device=args.device)
     demo = example("meeting-4shots.yaml", size=args.size, frames=args.frames)
@@ -124,10 +158,13 @@ def main() -> None:
     rows.append(("4 shots, autoregressive", f"{ar_s:.1f} s", f"{ar_s / demo_s:.2f}× joint"))
     with_cache, shots_c = timed_generate(pipe, chase, steps=steps, mode="causal", kv_cache=True)
     without, shots_n = timed_generate(pipe, chase, steps=steps, mode="causal", kv_cache=False)
+    growth, speedup = flop_model(pipe, chase)
     rows.append(("8 shots, causal with KV cache", f"{with_cache:.1f} s",
-                 f"shot 1 {shots_c[0]:.2f} s, shot 8 {shots_c[-1]:.2f} s (shot 8 / shot 1 = {shots_c[-1] / shots_c[0]:.2f}×)"))
+                 f"shot 1 {shots_c[0]:.2f} s, shot 8 {shots_c[-1]:.2f} s (shot 8 / shot 1 = {shots_c[-1] / shots_c[0]:.2f}×; "
+                 f"FLOP model {growth:.2f}×)"))
     rows.append(("8 shots, causal without cache", f"{without:.1f} s",
-                 f"shot 1 {shots_n[0]:.2f} s, shot 8 {shots_n[-1]:.2f} s (cache speed-up on shot 8: {shots_n[-1] / shots_c[-1]:.2f}×)"))
+                 f"shot 1 {shots_n[0]:.2f} s, shot 8 {shots_n[-1]:.2f} s (cache speed-up on shot 8: {shots_n[-1] / shots_c[-1]:.2f}×; "
+                 f"FLOP model {speedup:.2f}×)"))
 
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cpu_name()}, {torch.get_num_threads()} threads"
     lines = [
@@ -136,10 +173,12 @@ def main() -> None:
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {dev}; python {platform.python_version()}, torch {torch.__version__}",
         f"- load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
-        f"- model: {pipe.name}; {size}; steps {steps}, guidance {pipe.defaults.guidance}, solver {pipe.defaults.solver}; generation only (model loaded, after a warm-up run)",
+        f"- model: {pipe.name}; {size}; steps {steps}, guidance {pipe.defaults.guidance}, history guidance "
+        f"{pipe.defaults.history_guidance:g}, solver {pipe.defaults.solver}; generation only (model loaded, after a warm-up run)",
         "- command: `python benchmarks/generation.py" + (f" --device {args.device}" if args.device != "cpu" else "")
         + (f" --random {args.random}" if args.random else "") + (f" --size {args.size}" if args.size else "")
-        + (f" --frames {args.frames}" if args.frames else "") + "`",
+        + (f" --frames {args.frames}" if args.frames else "")
+        + (f" --ae-patch {' '.join(map(str, args.ae_patch))}" if tuple(args.ae_patch) != (1, 2, 2) else "") + "`",
         "",
         "| job | wall time | notes |",
         "| --- | --- | --- |",

@@ -336,7 +336,7 @@ def test_config_validation_and_registry() -> None:
     with pytest.raises(ValueError, match=r"depth=0"):
         dataclasses.replace(CFG, depth=0)
     sizes = []
-    for name in ("debug", "tiny", "small", "base"):
+    for name in ("debug", "tiny", "small", "base", "large"):
         with torch.device("meta"):
             sizes.append(MultiShotMMDiT(MODELS[name]).num_parameters())
     assert sizes == sorted(sizes) and sizes[0] > 0

@@ -117,6 +117,9 @@ MODELS: dict[str, MMDiTConfig] = {
     # the shipped default: 4x-spatial 8-channel VAE latents, patch 2x2, MiniLM states (48 tokens per prompt)
     "compact": MMDiTConfig(in_channels=8, hidden=192, depth=6, heads=3, text_dim=384, text_len=48),
     "base": MMDiTConfig(in_channels=16, hidden=768, depth=16, heads=12, text_dim=384, text_len=64, max_shots=16),
+    # the width of the 1.3B-class production backbones (Wan2.1-1.3B: 1536 wide, 12 heads of 128); 2.0 B parameters
+    # here (an MMDiT block has a text and a video stream)
+    "large": MMDiTConfig(in_channels=16, hidden=1536, depth=24, heads=12, text_dim=384, text_len=64, max_shots=16),
 }
 
 
