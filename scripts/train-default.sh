@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Train and export the shipped default pipeline (storyreel/weights/default) on one GPU, then measure it.
+# Train and export the shipped default pipeline (storyreel/weights/default, v3) on one GPU, then measure it.
 #
 #   bash scripts/train-default.sh [PIPELINE_OUT]        # default PIPELINE_OUT: outputs/pipeline-default
 #
 # Steps: the VAE (configs/vae-default.yaml), the bidirectional scene model (scene-default), its
-# continuation on coherent scenes at a larger batch (scene-default-continue), the context-causal variant
-# (scene-default-causal, from the continuation), an fp16 pipeline folder (storyreel.pipelines.export), the
-# quality benchmark on 50 held-out scripts and the generation timings. Each recipe stops at its
-# train.max_minutes budget. Environment knobs:
+# continuation on coherent scenes at a larger batch (scene-default-continue, v2), the decoder-only VAE
+# fine-tune (vae-default-decoder) and the character-weighted continuation (scene-default-v3), the
+# context-causal variant (scene-default-causal, from the last scene model), an fp16 pipeline folder with
+# history guidance 2 (storyreel.pipelines.export), the quality benchmark on 50 held-out scripts and the
+# generation timings. Each recipe stops at its train.max_minutes budget. Environment knobs:
 #   VAE_INIT=DIR      fine-tune the VAE from an earlier model folder instead of starting from scratch
-#   VAE_ARGS / SCENE_ARGS / CONTINUE_ARGS / CAUSAL_ARGS   extra "--set key=value" overrides for the runs
-#   SKIP_CONTINUE=1   no continuation: the causal variant and the export start from scene-default
+#   VAE_ARGS / SCENE_ARGS / CONTINUE_ARGS / DECODER_ARGS / V3_ARGS / CAUSAL_ARGS   extra "--set key=value" overrides
+#   SKIP_CONTINUE=1   no v2 continuation (v3 then continues scene-default)
+#   SKIP_V3=1         stop at v2: no decoder fine-tune, no v3 continuation, no history guidance
 #   SKIP_BENCH=1      stop after the export
 set -euo pipefail
 OUT=${1:-outputs/pipeline-default}
@@ -22,6 +24,7 @@ if [ -n "${VAE_INIT:-}" ]; then vae_init=(--set "model.init_from=$VAE_INIT" --se
 stamp "vae-default"
 # shellcheck disable=SC2086
 $PY -m storyreel.train configs/vae-default.yaml --set output.progress=false "${vae_init[@]}" ${VAE_ARGS:-}
+AE=outputs/train/vae-default/model
 stamp "scene-default"
 # shellcheck disable=SC2086
 $PY -m storyreel.train configs/scene-default.yaml --set output.progress=false ${SCENE_ARGS:-}
@@ -30,15 +33,31 @@ if [ -z "${SKIP_CONTINUE:-}" ]; then
   stamp "scene-default-continue"
   # shellcheck disable=SC2086
   $PY -m storyreel.train configs/scene-default-continue.yaml --set output.progress=false \
-      --set model.init_from=outputs/train/scene-default/model ${CONTINUE_ARGS:-}
+      --set model.init_from=$SCENE_RUN/model ${CONTINUE_ARGS:-}
   SCENE_RUN=outputs/train/scene-default-continue
+fi
+HG=()
+if [ -z "${SKIP_V3:-}" ]; then
+  stamp "vae-default-decoder (background) + scene-default-v3"
+  # the decoder fine-tune keeps the encoder, so the scene model's latents are the same with either autoencoder
+  # shellcheck disable=SC2086
+  $PY -m storyreel.train configs/vae-default-decoder.yaml --set output.progress=false \
+      --set "model.init_from=$AE" ${DECODER_ARGS:-} &
+  decoder=$!
+  # shellcheck disable=SC2086
+  $PY -m storyreel.train configs/scene-default-v3.yaml --set output.progress=false \
+      --set "model.init_from=$SCENE_RUN/model" --set "model.autoencoder_path=$AE" ${V3_ARGS:-} \
+      || { kill $decoder 2>/dev/null; exit 1; }
+  wait $decoder
+  SCENE_RUN=outputs/train/scene-default-v3
+  HG=(--history-guidance 2 --autoencoder outputs/train/vae-default-decoder/model)
 fi
 stamp "scene-default-causal"
 # shellcheck disable=SC2086
 $PY -m storyreel.train configs/scene-default-causal.yaml --set output.progress=false --set "model.init_from=$SCENE_RUN" ${CAUSAL_ARGS:-}
 stamp "export -> $OUT"
 $PY -m storyreel.pipelines.export "$SCENE_RUN/model" --causal outputs/train/scene-default-causal/model \
-    --out "$OUT" --dtype float16 --name "${PIPELINE_NAME:-storyreel-default}"
+    --out "$OUT" --dtype float16 --name "${PIPELINE_NAME:-storyreel-default}" "${HG[@]}"
 if [ -z "${SKIP_BENCH:-}" ]; then
   dev=$($PY -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
   stamp "benchmarks on $dev"
