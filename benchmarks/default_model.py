@@ -106,17 +106,11 @@ def last_shot_from_history(pipe: ScenePipeline, script, truth: list, steps: int)
 
 def through_autoencoder(pipe: ScenePipeline, shots: list) -> list:
     """Every shot encoded and decoded by the pipeline's autoencoder (uint8 ``[T, H, W, 3]`` each)."""
-    from storyreel.media import tensor_to_frames
-    from storyreel.scene_inputs import encode_pixels
+    from storyreel.scene_inputs import decode_frames, encode_frames
 
-    out = []
-    for frames in shots:
-        video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None]  # [1, T, 3, H, W]
-        with torch.no_grad():
-            z = encode_pixels(pipe.autoencoder, video, latent_scale=pipe.latent_scale).to(pipe.device)
-            x = pipe.autoencoder.decode(z / pipe.latent_scale, num_frames=frames.shape[0])  # [1, 3, T, H, W]
-        out.append(tensor_to_frames(x[0].permute(1, 0, 2, 3)))
-    return out
+    ae, scale = pipe.autoencoder, pipe.latent_scale
+    return [decode_frames(ae, encode_frames(ae, f, latent_scale=scale, device=pipe.device), f.shape[0], latent_scale=scale)
+            for f in shots]
 
 
 def script_prompts(scripts) -> list[str]:

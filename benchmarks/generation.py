@@ -62,26 +62,22 @@ def flop_model(pipe: ScenePipeline, script) -> tuple[float, float]:
     over the first with the KV cache, and the last shot without the cache over with it. Counts every model call of a
     step (conditional, unconditional when guided, the "alone" branch under history guidance)."""
     from storyreel.nn.embeddings import patch_grid
-    from storyreel.nn.layout import Modality, Segment, SequenceLayout
+    from storyreel.scene_inputs import scene_layout
 
     model = pipe.causal
     plan = pipe.check(script, mode="causal")
-    text = model.config.text_len
     grid = patch_grid(tuple(plan.latent_shapes[0][1:]), tuple(model.config.patch_size))
-    head = [Segment(Modality.TEXT, -1, (text, 1, 1))] if pipe.global_prompt else []
+    g = 1 if pipe.global_prompt else 0  # the global prompt segment, cached before any shot
     n = min(script.n_shots, plan.window)
 
-    def layout(k: int) -> SequenceLayout:
-        segs = list(head)
-        for i in range(k):
-            segs += [Segment(Modality.TEXT, i, (text, 1, 1)), Segment(Modality.VIDEO, i, grid)]
-        return SequenceLayout(segs)
+    def layout(k: int):
+        return scene_layout([grid] * k, text_len=model.config.text_len, global_prompt=pipe.global_prompt)
 
     branches = 2 if plan.guidance != 1.0 else 1
     alone = 1 if plan.history_guidance else 0
-    first = (branches + alone) * model.flops_per_forward(layout(1), n_cached_segments=len(head))
-    cached_last = (branches * model.flops_per_forward(layout(n), n_cached_segments=len(head) + 2 * (n - 1))
-                   + alone * model.flops_per_forward(layout(1), n_cached_segments=len(head)))
+    first = (branches + alone) * model.flops_per_forward(layout(1), n_cached_segments=g)
+    cached_last = (branches * model.flops_per_forward(layout(n), n_cached_segments=g + 2 * (n - 1))
+                   + alone * model.flops_per_forward(layout(1), n_cached_segments=g))
     full_last = (branches * model.flops_per_forward(layout(n))
                  + alone * model.flops_per_forward(layout(n), policy="isolated_shots"))
     return cached_last / first, full_last / cached_last

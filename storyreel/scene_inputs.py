@@ -14,13 +14,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from storyreel.nn.embeddings import patch_grid
 from storyreel.nn.layout import Modality, SequenceLayout
 
-__all__ = ["encode_context", "encode_pixels", "latent_token_grid", "pad_text_states", "scene_layout", "segment_prompts"]
+__all__ = [
+    "decode_frames", "encode_context", "encode_frames", "encode_pixels", "latent_token_grid", "pad_text_states", "scene_layout",
+    "segment_prompts",
+]
 
 
 def pad_text_states(states: Tensor, length: int) -> Tensor:
@@ -87,6 +91,23 @@ def encode_pixels(autoencoder: Any, video: Tensor, *, latent_scale: float = 1.0,
         device = next((p.device for p in params), torch.device("cpu"))
     x = video.permute(0, 2, 1, 3, 4).to(device, torch.float32) / 127.5 - 1.0  # [B, 3, F, H, W] in [-1, 1]
     return autoencoder.encode(x).float().cpu() * latent_scale  # [B, C, T', h, w]
+
+
+def encode_frames(autoencoder: Any, frames: np.ndarray, *, latent_scale: float = 1.0,
+                  device: torch.device | str | None = None) -> Tensor:
+    """uint8 frames ``[T, H, W, 3]`` of one shot → its latent ``[1, C, T', h, w]`` (on ``device`` if given)."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)[None]  # [1, T, 3, H, W]
+    z = encode_pixels(autoencoder, video, latent_scale=latent_scale)
+    return z if device is None else z.to(device)
+
+
+def decode_frames(autoencoder: Any, latent: Tensor, frames: int, *, latent_scale: float = 1.0) -> np.ndarray:
+    """One shot's latent ``[1, C, T', h, w]`` → uint8 frames ``[frames, H, W, 3]``."""
+    from storyreel.media import tensor_to_frames  # (PyAV stays out of the training imports)
+
+    with torch.no_grad():
+        x = autoencoder.decode(latent / latent_scale, num_frames=frames)  # [1, 3, F, H, W]
+    return tensor_to_frames(x[0].permute(1, 0, 2, 3))  # [F, 3, H, W] → uint8 [F, H, W, 3]
 
 
 def latent_token_grid(latent: Tensor, patch: Sequence[int], *, what: str = "latent") -> tuple[int, int, int]:

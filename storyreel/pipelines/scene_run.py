@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from storyreel.media import tensor_to_frames
 from storyreel.memory.goldenmem import goldenmem_compress
 from storyreel.memory.history import HistoryPool
 from storyreel.nn.embeddings import patch_grid
@@ -39,7 +38,7 @@ from storyreel.sampling.strategies import (
     sample_joint,
     write_kv_cache,
 )
-from storyreel.scene_inputs import encode_context, encode_pixels, segment_prompts
+from storyreel.scene_inputs import decode_frames, encode_context, encode_frames, segment_prompts
 
 if TYPE_CHECKING:
     from storyreel.pipelines.scene import GenerationEvent, GenerationPlan, ScenePipeline, SceneResult
@@ -238,13 +237,10 @@ class SceneRun:
 
     def _encode(self, frames: np.ndarray) -> Tensor:
         """uint8 ``[T, H, W, 3]`` → latent ``[1, C, T', h, w]`` on the pipeline device."""
-        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)[None]  # [1, T, 3, H, W]
-        return encode_pixels(self.pipe.autoencoder, video, latent_scale=self.pipe.latent_scale).to(self.device)
+        return encode_frames(self.pipe.autoencoder, frames, latent_scale=self.pipe.latent_scale, device=self.device)
 
     def _decode(self, latent: Tensor, frames: int) -> np.ndarray:
-        with torch.no_grad():
-            x = self.pipe.autoencoder.decode(latent / self.pipe.latent_scale, num_frames=frames)  # [1, 3, F, H, W]
-        return tensor_to_frames(x[0].permute(1, 0, 2, 3))  # [F, 3, H, W] → uint8 [F, H, W, 3]
+        return decode_frames(self.pipe.autoencoder, latent, frames, latent_scale=self.pipe.latent_scale)
 
     def _context(self, layout: SequenceLayout, shot_prompts: list[str], *, drop: bool, segments: Sequence[int] | None = None) -> Tensor:
         prompts = segment_prompts(layout, global_prompt=self.script.global_prompt_text(), shot_prompts=shot_prompts,

@@ -93,6 +93,7 @@ class WindowSampler:
         self.need = (data.frames - 1) * data.frame_stride + 1
         self._usable = [tuple(i for i, f in enumerate(index.frames(s)) if f >= self.need) for s in range(len(index))]
         self.max_usable = max(len(u) for u in self._usable)
+        self._cells: dict[tuple[int, int, tuple[int, int]], np.ndarray] = {}  # see frame_cells
         if self.max_usable == 0:
             longest = max(max(index.frames(s)) for s in range(len(index)))
             raise ValueError(
@@ -137,6 +138,24 @@ class WindowSampler:
                     shots.append((s, usable[int(rng.integers(0, len(usable)))]))
             out.append([ShotSpec(scene=s, shot=k, frames=self._frames(s, k, plan.image_shots[j], rng)) for j, (s, k) in enumerate(shots)])
         return out
+
+    def frame_cells(self, scene: int, shot: int, grid: tuple[int, int]) -> np.ndarray:
+        """bool ``[F, h, w]``: per stored frame of a shot, the cells of an ``h × w`` grid inside a ``Character N``
+        box (cached per shot: boxes never change)."""
+        key = (scene, shot, grid)
+        if key not in self._cells:
+            record = self.index.load(scene)
+            F, H, W = record.frames[shot].shape[:3]
+            h, w = grid
+            sy, sx = H / h, W / w
+            cells = np.zeros((F, h, w), dtype=bool)
+            for f, boxes in enumerate(record.boxes[shot]):
+                for box in boxes:
+                    if str(box.get("label", "")).startswith("Character"):
+                        x0, y0, x1, y1 = box["box"]
+                        cells[f, max(0, int(y0 // sy)) : min(h, int(-(-y1 // sy))), max(0, int(x0 // sx)) : min(w, int(-(-x1 // sx)))] = True
+            self._cells[key] = cells
+        return self._cells[key]
 
     def pixels(self, spec: ShotSpec) -> Tensor:
         """uint8 ``[F, 3, H, W]`` frames of one window shot."""
@@ -231,25 +250,6 @@ class TrainBatch:
         return self
 
 
-def _frame_cells(sampler: WindowSampler, scene: int, shot: int, grid: tuple[int, int]) -> np.ndarray:
-    """bool ``[F, h, w]``: per stored frame of a shot, the latent cells inside a ``Character N`` box (cached)."""
-    cache: dict[tuple[int, int, tuple[int, int]], np.ndarray] = sampler.__dict__.setdefault("_cells", {})
-    key = (scene, shot, grid)
-    if key not in cache:
-        record = sampler.index.load(scene)
-        F, H, W = record.frames[shot].shape[:3]
-        h, w = grid
-        sy, sx = H / h, W / w
-        cells = np.zeros((F, h, w), dtype=bool)
-        for f, boxes in enumerate(record.boxes[shot]):
-            for box in boxes:
-                if str(box.get("label", "")).startswith("Character"):
-                    x0, y0, x1, y1 = box["box"]
-                    cells[f, max(0, int(y0 // sy)) : min(h, int(-(-y1 // sy))), max(0, int(x0 // sx)) : min(w, int(-(-x1 // sx)))] = True
-        cache[key] = cells
-    return cache[key]
-
-
 def character_cells(sampler: WindowSampler, specs: list[ShotSpec], latent_frames: list[int],
                     grid: tuple[int, int]) -> Tensor:
     """Which latent cells of a window show a character: float ``[T_total, h, w]``, 1 inside the box of any
@@ -257,7 +257,7 @@ def character_cells(sampler: WindowSampler, specs: list[ShotSpec], latent_frames
     frames ``(k-1)·r+1 .. k·r``, frame 0 alone), 0 elsewhere. Boxes are the dataset's per-frame boxes."""
     out = []
     for spec, tl in zip(specs, latent_frames):
-        frames = _frame_cells(sampler, spec.scene, spec.shot, grid)[list(spec.frames)]  # [n, h, w]
+        frames = sampler.frame_cells(spec.scene, spec.shot, grid)[list(spec.frames)]  # [n, h, w]
         n = frames.shape[0]
         r = max(1, round((n - 1) / (tl - 1))) if tl > 1 else max(1, n)  # window frames per latent frame
         k = np.minimum(tl - 1, -(-np.arange(n) // r))  # [n] latent frame of each window frame: ceil(j / r)
