@@ -169,6 +169,20 @@ def test_vae_loss_terms_and_optimisation_reduces_loss() -> None:
     with pytest.raises(ValueError, match="kl_weight"):
         vae_loss(vae, video, kl_weight=-1.0)
 
+    # pixel weights: all ones is the plain mean; weight only on one half is that half's mean
+    with torch.no_grad():
+        recon = vae.decode_raw(vae.encode_dist(video)[0], num_frames=5)
+    ones = torch.ones(1, 1, 5, 16, 16)
+    _, plain = vae_loss(vae, video, sample=False)
+    _, same = vae_loss(vae, video, sample=False, pixel_weights=ones)
+    assert same["l1"] == pytest.approx(plain["l1"], rel=1e-5) and same["mse"] == pytest.approx(plain["mse"], rel=1e-5)
+    half = ones.clone()
+    half[..., 8:] = 0.0
+    _, left = vae_loss(vae, video, sample=False, pixel_weights=half)
+    assert left["l1"] == pytest.approx(float((recon - video)[..., :8].abs().mean()), rel=1e-4)
+    with pytest.raises(ValueError, match="pixel_weights"):
+        vae_loss(vae, video, pixel_weights=torch.ones(1, 3, 5, 16, 16))
+
 
 def test_loss_helpers() -> None:
     mean = torch.zeros(3)

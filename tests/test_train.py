@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from storyreel.train import EMA, NonFiniteLossError, RecipeError, build_trainer, load_recipe, run_from_config
-from storyreel.train.batching import plan_step, sample_conditioning
+from storyreel.train.batching import _rng, plan_step, sample_conditioning
 from storyreel.train.config import CONFIG_DIR, recipe_from_dict
 from storyreel.train.logging import MetricsLogger, peak_flops
 from storyreel.train.scene_task import shot_loss
+from storyreel.train.vae_trainer import _VAE_DRAW
 
 BASELINE = Path(__file__).parent / "data" / "debug-loss-baseline.json"
 
@@ -422,6 +423,33 @@ def test_vae_recipe_trains_and_exports_a_fitted_vae(data_dir, tmp_path):
     before, after = vae.state_dict(), tuned.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
+def test_vae_character_weight_weighs_the_pixels_inside_character_boxes(data_dir, tmp_path):
+    sets = [f"data.path={data_dir}", "train.device=cpu", "output.progress=false", "model.name=debug", "data.frames=5",
+            "train.batch_size=3", "data.frame_substitution=0.0"]
+    recipe = load_recipe("vae-small", [*sets, f"output.dir={tmp_path / 'w'}", "train.character_weight=4"])
+    task, twin = build_trainer(recipe).task, build_trainer(recipe).task
+    batch = task.batch(2, 0)
+    pw = batch["pixel_weights"]
+    assert pw is not None and pw.shape == (3, 1, *batch["video"].shape[2:])
+    assert set(torch.unique(pw).tolist()) == {1.0, 5.0}
+    # the marked pixels are exactly the union of the character boxes of each clip's frames
+    windows = twin.sampler.draw(twin._plan(2), 3, _rng(recipe.train.seed, _VAE_DRAW, 2, 0))  # the same draw
+    for i, (spec,) in enumerate(windows):
+        scene = twin.sampler.index.load(spec.scene)
+        assert torch.equal(twin.sampler.pixels(spec).permute(1, 0, 2, 3).float() / 127.5 - 1.0, batch["video"][i])
+        for j, f in enumerate(spec.frames):
+            expect = torch.zeros(pw.shape[-2:], dtype=torch.bool)
+            for box in scene.boxes[spec.shot][f]:
+                if box["label"].startswith("Character"):
+                    x0, y0, x1, y1 = box["box"]
+                    expect[max(0, int(y0)) : max(0, math.ceil(y1)), max(0, int(x0)) : max(0, math.ceil(x1))] = True
+            assert torch.equal(pw[i, 0, j] == 5.0, expect)
+    loss_w, _ = task.loss(task.train_module, batch)
+    plain = build_trainer(load_recipe("vae-small", [*sets, f"output.dir={tmp_path / 'p'}"])).task
+    assert plain.batch(2, 0)["pixel_weights"] is None
+    assert float(loss_w) != float(plain.loss(plain.train_module, {**batch, "pixel_weights": None})[0])
 
 
 def test_mfu_is_model_flops_over_device_peak(tmp_path):

@@ -37,6 +37,7 @@ def vae_loss(
     edge_weight: float = 0.1,
     sample: bool = True,
     generator: torch.Generator | None = None,
+    pixel_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """VAE objective on ``video [B, 3, T, H, W]`` in ``[-1, 1]``.
 
@@ -44,6 +45,10 @@ def vae_loss(
     and KL is summed over latent elements and divided by the number of pixel values (so
     ``kl_weight`` keeps its usual per-pixel meaning whatever the compression). The latent is a
     posterior sample (``sample=True``, noise from ``generator``) or the posterior mean.
+
+    ``pixel_weights`` (``[B, 1, T, H, W]``, broadcast over colour) turns the L1 and MSE means into
+    weighted means, ``sum(w·e) / sum(w)``: e.g. ``1 + 4·(inside a character box)`` makes the small
+    characters' detail (their unspoken pattern) count as much as the background around them.
 
     Returns the scalar loss and float logs: ``loss``, ``l1``, ``mse``, ``kl`` (mean per latent
     element), ``edge``, ``logvar`` (mean posterior log-variance).
@@ -57,8 +62,18 @@ def vae_loss(
         z = mean + torch.exp(0.5 * logvar) * noise
     recon = model.decode_raw(z, num_frames=video.shape[2])  # [B, 3, T, H, W]
     err = recon - video
-    l1 = err.abs().mean()
-    mse = err.square().mean()
+    if pixel_weights is None:
+        l1 = err.abs().mean()
+        mse = err.square().mean()
+    else:
+        if pixel_weights.dim() != 5 or pixel_weights.shape[1] != 1 or pixel_weights.shape[2:] != video.shape[2:] \
+                or pixel_weights.shape[0] != video.shape[0]:
+            raise ValueError(f"pixel_weights must be [B, 1, T, H, W] = {[video.shape[0], 1, *video.shape[2:]]}, "
+                             f"got {list(pixel_weights.shape)}")
+        w = pixel_weights.to(err)
+        total = w.sum() * err.shape[1]
+        l1 = (err.abs() * w).sum() / total
+        mse = (err.square() * w).sum() / total
     kl_elem = kl_to_standard_normal(mean, logvar)
     kl_per_pixel = kl_elem.sum() / video.numel()
     edge = edge_loss(video, recon)

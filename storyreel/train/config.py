@@ -185,7 +185,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     cond_mask_prob: float = 0.0  # Mask²DiT segment-level conditional mask
-    character_weight: float = 0.0  # extra loss weight on latent cells inside character boxes (0: plain mean)
+    character_weight: float = 0.0  # extra loss weight inside character boxes: latent cells (scene), pixels (vae); 0: plain mean
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     vae_loss: dict[str, Any] = field(default_factory=dict)  # kind=vae: keyword arguments of vae_loss

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -49,10 +50,11 @@ class _LossModule(nn.Module):
         self.vae = vae
         self.loss_kwargs = loss_kwargs
 
-    def forward(self, video: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, video: Tensor, generator: torch.Generator | None = None,
+                pixel_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         from storyreel.autoencoders import vae_loss
 
-        return vae_loss(self.vae, video, generator=generator, **self.loss_kwargs)
+        return vae_loss(self.vae, video, generator=generator, pixel_weights=pixel_weights, **self.loss_kwargs)
 
 
 class VAETask:
@@ -96,27 +98,42 @@ class VAETask:
         image = bool(_rng(self.recipe.train.seed, _VAE_PLAN, step).random() < self.recipe.data.frame_substitution)
         return StepPlan(stage=self._stage, stage_index=0, n_shots=1, image_shots=(image,))
 
-    def _clips(self, sampler: WindowSampler, plan: StepPlan, count: int, rng: Any) -> Tensor:
-        """``count`` clips as video ``[count, 3, F, H, W]`` in [-1, 1] (F = 1 for image steps)."""
+    def _clips(self, sampler: WindowSampler, plan: StepPlan, count: int, rng: Any,
+               weighted: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``count`` clips as video ``[count, 3, F, H, W]`` in [-1, 1] (F = 1 for image steps); with ``weighted``
+        also their pixel loss weights ``[count, 1, F, H, W]``: ``1 + train.character_weight`` inside a character
+        box, 1 elsewhere."""
         windows = sampler.draw(plan, count, rng)
         frames = [sampler.materialise(w, mode="concat")["frames"][0] for w in windows]  # count × [F, 3, H, W] uint8
         video = torch.stack(frames).permute(0, 2, 1, 3, 4)  # [count, 3, F, H, W]
-        return video.to(torch.float32) / 127.5 - 1.0
+        video = video.to(torch.float32) / 127.5 - 1.0
+        if not weighted:
+            return video
+        grid = tuple(video.shape[-2:])
+        boxes = np.stack([sampler.frame_cells(w[0].scene, w[0].shot, grid)[list(w[0].frames)] for w in windows])
+        weights = 1.0 + self.recipe.train.character_weight * torch.from_numpy(boxes.astype(np.float32))[:, None]
+        return video, weights  # [count, 1, F, H, W]
 
     # -- Task protocol ----------------------------------------------------------------------------
 
     def batch(self, step: int, micro: int) -> dict[str, Any]:
         b = self.recipe.train.batch_size
         plan = self._plan(step)
-        video = self._clips(self.sampler, plan, b * self.world_size, _rng(self.recipe.train.seed, _VAE_DRAW, step, micro))
+        rng = _rng(self.recipe.train.seed, _VAE_DRAW, step, micro)
+        weights = None
+        if self.recipe.train.character_weight > 0:
+            video, weights = self._clips(self.sampler, plan, b * self.world_size, rng, weighted=True)
+            weights = weights[self.rank * b : (self.rank + 1) * b].to(self.device)
+        else:
+            video = self._clips(self.sampler, plan, b * self.world_size, rng)
         mine = video[self.rank * b : (self.rank + 1) * b].to(self.device)
         gen = _torch_gen(self.recipe.train.seed, _VAE_NOISE, step, micro, self.rank)
         if self.device.type == "cuda":
             gen = torch.Generator(self.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-        return {"video": mine, "generator": gen, "image": plan.image_shots[0]}
+        return {"video": mine, "generator": gen, "image": plan.image_shots[0], "pixel_weights": weights}
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        loss, logs = model(batch["video"], batch["generator"])
+        loss, logs = model(batch["video"], batch["generator"], batch.get("pixel_weights"))
         return loss, {k: v for k, v in logs.items() if k != "loss"}
 
     def tokens(self, batch: dict[str, Any]) -> int:
