@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from storyreel.nn.layout import Modality, Segment, SequenceLayout
-from storyreel.nn.rope import apply_rope, rope_axes_dims, rope_cos_sin
+from storyreel.nn.rope import apply_rope, rope_axes_dims, rope_cos_sin, rope_freqs, rope_rotate
 
 
 def _layout() -> SequenceLayout:
@@ -180,3 +180,24 @@ def test_apply_rope_float32_and_dtype() -> None:
     assert yb.dtype == torch.bfloat16 and torch.allclose(yb.float(), y, atol=3e-2)
     with pytest.raises(ValueError, match="cover 10 tokens but x has 9"):
         apply_rope(x[:, :, :9], cos, sin)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_rotate_is_apply_rope_as_one_complex_product(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    pos = torch.randint(0, 30, (12, 3))
+    x = torch.randn(2, 3, 12, 16).to(dtype)
+    cos, sin = rope_cos_sin(pos, 16)
+    freqs = rope_freqs(pos, 16)
+    assert freqs.dtype == torch.complex64 and freqs.shape == (12, 8)
+    y = rope_rotate(x, freqs)
+    assert y.dtype == dtype and y.shape == x.shape
+    torch.testing.assert_close(y.float(), apply_rope(x, cos, sin).float(), rtol=1e-5, atol=1e-5)
+    # a non-contiguous input (a transposed view) rotates the same
+    xt = x.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not xt.is_contiguous()
+    torch.testing.assert_close(rope_rotate(xt, freqs), y)
+    with pytest.raises(ValueError, match="rope_freqs"):
+        rope_rotate(x, cos)  # real tables
+    with pytest.raises(ValueError, match="rope_freqs"):
+        rope_rotate(x[:, :, :5], freqs)  # 5 tokens, 12 rows

@@ -430,3 +430,35 @@ def test_layout_and_semantic_tokens_use_the_text_stream() -> None:
     with torch.no_grad():
         model.ctx_modality.weight[int(Modality.LAYOUT)].add_(torch.randn(CFG.hidden))  # layout tokens are told apart from text
     assert not torch.allclose(model(x, t, ctx, layout, policy="full"), v)
+
+
+def test_modulation_helpers_match_their_formulas() -> None:
+    from storyreel.nn.modulation import gate, modulate
+
+    torch.manual_seed(0)
+    x, shift, scale, g = (torch.randn(2, 5, 8) for _ in range(4))
+    torch.testing.assert_close(modulate(x, shift, scale), x * (1 + scale) + shift)
+    torch.testing.assert_close(gate(x, shift, g), x + g * shift)
+    torch.testing.assert_close(modulate(x, shift[:, :1], scale[:, :1]), x * (1 + scale[:, :1]) + shift[:, :1])  # broadcast
+    xb = x.to(torch.bfloat16)
+    assert modulate(xb, shift, scale).dtype == torch.bfloat16 and gate(xb, xb, g).dtype == torch.bfloat16
+    torch.testing.assert_close(modulate(xb, shift, scale).float(), (xb.float() * (1 + scale) + shift).bfloat16().float())
+
+
+def test_device_tables_are_built_once_per_layout_and_prefix() -> None:
+    """Every sampling step of a shot reuses the packing, segment shots and RoPE rotation already on the device."""
+    from storyreel.models.mmdit import _packing_on
+
+    model = perturbed()
+    layout = scene([(2, 2, 2)] * 2, global_len=2)
+    x, ctx = inputs(layout, batch=1)
+    _packing_on.cache_clear()
+    with torch.no_grad():
+        first = model(x, torch.tensor([[0.3, 0.7]]), ctx, layout)
+        misses = _packing_on.cache_info().misses
+        again = model(x, torch.tensor([[0.3, 0.7]]), ctx, layout)
+    assert misses == 1 and _packing_on.cache_info().misses == 1 and _packing_on.cache_info().hits == 1
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    pack, seg_shot, freqs = _packing_on(layout, 0, torch.device("cpu"), CFG.head_dim, float(CFG.rope_theta))
+    assert seg_shot.tolist() == [s.shot for s in layout.segments]  # the global prompt is shot -1 (timestep 0)
+    assert freqs.is_complex() and freqs.shape == (layout.seq_len, CFG.head_dim // 2)

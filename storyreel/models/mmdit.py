@@ -27,7 +27,7 @@ from storyreel.nn.kvcache import KVCache
 from storyreel.nn.layout import Modality, SequenceLayout
 from storyreel.nn.masks import MaskPolicy, dense_mask, layer_policies
 from storyreel.nn.modulation import AdaLNModulation, gate, modulate
-from storyreel.nn.rope import apply_rope, rope_axes_dims, rope_cos_sin
+from storyreel.nn.rope import rope_axes_dims, rope_freqs, rope_rotate
 from storyreel.pretrained import PretrainedMixin
 
 __all__ = ["MMDiTBlock", "MMDiTConfig", "MODELS", "MultiShotMMDiT", "get_model_config", "split_segment_latents"]
@@ -181,14 +181,13 @@ class _Packing:
     ctx_modality: Tensor  # [Lt] Modality of each text-stream token
     to_packed: Tensor  # [L_new]: packed[i] = cat(text_stream, video_stream)[to_packed[i]]
     to_streams: Tensor  # [L_new]: cat(text_stream, video_stream)[j] = packed[to_streams[j]]
-    seg_first_token: Tensor  # [S_new] layout position of the first token of each new segment
     positions: Tensor  # [L_new, 3] interleaved RoPE positions taken from the FULL layout (kept on CPU)
     n_cached_tokens: int
 
     def to(self, device: torch.device) -> _Packing:
-        """Index tensors moved to ``device`` (positions stay on CPU for ``rope_cos_sin``)."""
+        """Index tensors moved to ``device`` (positions stay on CPU for ``rope_freqs``)."""
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("txt_seg", "vid_seg", "ctx_modality", "to_packed", "to_streams", "seg_first_token"):
+        for name in ("txt_seg", "vid_seg", "ctx_modality", "to_packed", "to_streams"):
             moved[name] = moved[name].to(device)
         return _Packing(**moved)
 
@@ -214,10 +213,22 @@ def _packing(layout: SequenceLayout, n_cached_segments: int) -> _Packing:
         ctx_modality=mods[local[~vis_tok]],
         to_packed=torch.argsort(order),
         to_streams=order,
-        seg_first_token=torch.tensor([layout.offsets[i] for i in new], dtype=torch.long),
         positions=layout.rope_positions()[start:],
         n_cached_tokens=start,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _packing_on(layout: SequenceLayout, n_cached_segments: int, device: torch.device, head_dim: int,
+                theta: float) -> tuple[_Packing, Tensor, Tensor]:
+    """What a forward needs on ``device`` for one (layout, cached prefix): the packing's index tensors, the shot of
+    each new segment (``[S_new]``, -1 = global) and the RoPE rotation (complex ``[L_new, head_dim/2]``). Built once
+    and reused by every sampling step: a host→device copy from pageable memory synchronises the stream, and a
+    handful per forward keeps the host from queueing work ahead of a GPU."""
+    pack = _packing(layout, n_cached_segments)
+    seg_shot = torch.tensor([layout.segments[i].shot for i in pack.new_segments], dtype=torch.long)
+    freqs = rope_freqs(pack.positions, head_dim, theta=theta)
+    return pack.to(device), seg_shot.to(device), freqs.to(device)
 
 
 class MMDiTBlock(nn.Module):
@@ -235,21 +246,20 @@ class MMDiTBlock(nn.Module):
         vid: Tensor,
         c: Tensor,
         pack: _Packing,
-        rope: tuple[Tensor, Tensor],
+        rope: Tensor,
         plan: AttentionPlan,
         cache: KVCache | None = None,
         layer: int = 0,
         cache_write: bool = False,
     ) -> tuple[Tensor | None, Tensor]:
         """Args: ``txt [B, Lt, hidden]``, ``vid [B, Lv, hidden]`` (new tokens only), ``c [B, S_new, hidden]`` float32
-        timestep embedding per new segment, RoPE cos/sin ``[L_new, head_dim/2]``. Returns updated (txt, vid);
+        timestep embedding per new segment, ``rope`` complex ``[L_new, head_dim/2]`` (:func:`rope_freqs`). Returns updated (txt, vid);
         txt is ``None`` for a ``context_pre_only`` block."""
         qt, kt, vt, mt = self.txt.pre_attention(txt, c, pack.txt_seg)
         qv, kv, vv, mv = self.vid.pre_attention(vid, c, pack.vid_seg)
         # [B, H, Lt + Lv, D] (stream order) → [B, H, L_new, D] (layout order)
         q, k, v = (torch.cat(pair, dim=2).index_select(2, pack.to_packed) for pair in ((qt, qv), (kt, kv), (vt, vv)))
-        cos, sin = rope
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = rope_rotate(q, rope), rope_rotate(k, rope)
         if cache is not None:
             prev = cache.get(layer)
             if prev is not None and (prev[0].shape[0] != k.shape[0] or prev[0].dtype != k.dtype):
@@ -410,8 +420,7 @@ class MultiShotMMDiT(nn.Module, PretrainedMixin):
             )
         if layout.n_shots == 0:
             t = t.new_zeros(b, 1)  # only global segments: they take global_t anyway
-        seg_t = layout.token_timesteps(t).to(t.device)[:, pack.seg_first_token.to(t.device)]  # [B, S_new]
-        return pack, lat, context, seg_t
+        return pack, lat, context, t
 
     # -------------------------------------------------------------------------------------- forward
 
@@ -446,11 +455,14 @@ class MultiShotMMDiT(nn.Module, PretrainedMixin):
         """
         if cache_write and kv_cache is None:
             raise ValueError("cache_write=True needs a kv_cache to write to; pass kv_cache=KVCache()")
-        pack, lat, context, seg_t = self._prepare(x, t, context, layout, kv_cache)
+        pack, lat, context, t = self._prepare(x, t, context, layout, kv_cache)
         ref = lat[0] if lat else context
         assert ref is not None
         device, dtype, b = ref.device, self.x_embed.weight.dtype, ref.shape[0]
-        pack = pack.to(device)
+        n_cached = layout.n_segments - len(pack.new_segments)
+        pack, seg_shot, rope = _packing_on(layout, n_cached, device, self.config.head_dim, float(self.config.rope_theta))
+        # each new segment's timestep: its shot's t, 0 for global segments  [B, S_new]
+        seg_t = torch.where(seg_shot >= 0, t[:, seg_shot.clamp(min=0)], 0.0)
 
         # ---- embed: video tokens [B, Lv, hidden], text tokens [B, Lt, hidden], conditioning [B, S_new, hidden]
         vid = (self.x_embed(torch.cat([patchify(v, self.config.patch_size) for v in lat], dim=1).to(dtype))
@@ -461,8 +473,6 @@ class MultiShotMMDiT(nn.Module, PretrainedMixin):
         else:
             txt = torch.zeros(b, 0, self.config.hidden, device=device, dtype=dtype)
         c = self.t_embedder(seg_t)  # [B, S_new, hidden] float32
-        cos, sin = rope_cos_sin(pack.positions, self.config.head_dim, theta=self.config.rope_theta)
-        rope = (cos.to(device), sin.to(device))  # [L_new, head_dim/2] each
 
         # ---- one plan per distinct layer policy (the nn module caches plans across calls)
         query_segments = list(pack.new_segments) if pack.n_cached_tokens else None

@@ -13,6 +13,11 @@ from torch import Tensor, nn
 __all__ = ["AdaLNModulation", "gate", "modulate"]
 
 
+def _f32(t: Tensor) -> Tensor:
+    """``t`` in float32 (itself when it already is: no dispatch for a no-op cast)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """``x · (1 + scale) + shift`` in float32, returned in ``x.dtype``.
 
@@ -20,7 +25,8 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
         x: ``[B, L, D]`` (usually already layer-normed).
         shift, scale: per token ``[B, L, D]`` (or anything broadcastable, e.g. ``[B, 1, D]``).
     """
-    return (x.float() * (1.0 + scale.float()) + shift.float()).to(x.dtype)
+    out = torch.addcmul(_f32(shift), _f32(x), 1.0 + _f32(scale))
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def gate(residual: Tensor, update: Tensor, g: Tensor) -> Tensor:
@@ -29,7 +35,8 @@ def gate(residual: Tensor, update: Tensor, g: Tensor) -> Tensor:
     Args:
         residual, update: ``[B, L, D]``; g: per-token gate ``[B, L, D]`` (zero at init → identity block).
     """
-    return (residual.float() + g.float() * update.float()).to(residual.dtype)
+    out = torch.addcmul(_f32(residual), _f32(g), _f32(update))
+    return out if out.dtype == residual.dtype else out.to(residual.dtype)
 
 
 class AdaLNModulation(nn.Module):
@@ -62,8 +69,6 @@ class AdaLNModulation(nn.Module):
         Returns:
             ``n_chunks`` float32 tensors ``[B, L, hidden]`` (shift, scale, gate, ... in the caller's order).
         """
-        w = self.linear.weight.float()
-        b = self.linear.bias.float()
-        mod = F.linear(F.silu(c.float()), w, b)  # [B, S, n*hidden]
+        mod = F.linear(F.silu(_f32(c)), _f32(self.linear.weight), _f32(self.linear.bias))  # [B, S, n*hidden]
         mod = mod.index_select(1, token_segment)  # [B, L, n*hidden]: each token takes its segment's row
         return tuple(torch.chunk(mod, self.n_chunks, dim=-1))  # n × [B, L, hidden]

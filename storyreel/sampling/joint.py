@@ -43,6 +43,9 @@ def sample_flow(
     if bool((timesteps[1:] > timesteps[:-1] + 1e-7).any()):
         raise ValueError("timesteps must not increase from one row to the next (sampling goes from noise to data)")
     n = timesteps.shape[0] - 1
+    # the whole grid goes to x's device once: a host row per step would be a host->device copy (a stream
+    # synchronisation) in every step and every model call
+    timesteps = timesteps.to(x.device)
     for i in range(n):
         t_row, t_next_row = timesteps[i], timesteps[i + 1]
         t, t_next = expand(t_row).to(x), expand(t_next_row).to(x)  # x's device and dtype

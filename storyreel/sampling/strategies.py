@@ -69,10 +69,16 @@ def _expander(shapes: Sequence[tuple[int, ...]], seg_shot: Sequence[int]) -> Cal
     """Map a timestep row ``[B, n_state_shots]`` to ``[B, 1, N]`` (every packed element takes its segment's shot t)."""
     counts = torch.tensor([int(s[2] * s[3] * s[4]) for s in shapes], dtype=torch.long)
     shots = torch.tensor(list(seg_shot), dtype=torch.long)
+    total = int(counts.sum())
+    on: dict[torch.device, tuple[Tensor, Tensor]] = {}  # the index tensors, copied to each device once
 
     def expand(t_row: Tensor) -> Tensor:
-        per_seg = t_row[:, shots.to(t_row.device)]  # [B, n_segments]
-        return torch.repeat_interleave(per_seg, counts.to(t_row.device), dim=1)[:, None, :]  # [B, 1, N]
+        if t_row.device not in on:
+            on[t_row.device] = (shots.to(t_row.device), counts.to(t_row.device))
+        idx, reps = on[t_row.device]
+        per_seg = t_row[:, idx]  # [B, n_segments]
+        # output_size: no device->host read of the counts' sum
+        return torch.repeat_interleave(per_seg, reps, dim=1, output_size=total)[:, None, :]  # [B, 1, N]
 
     return expand
 
