@@ -192,7 +192,10 @@ def test_rope_rotate_is_apply_rope_as_one_complex_product(dtype: torch.dtype) ->
     assert freqs.dtype == torch.complex64 and freqs.shape == (12, 8)
     y = rope_rotate(x, freqs)
     assert y.dtype == dtype and y.shape == x.shape
-    torch.testing.assert_close(y.float(), apply_rope(x, cos, sin).float(), rtol=1e-5, atol=1e-5)
+    a, b = x.float()[..., 0::2], x.float()[..., 1::2]  # the pairwise rotation written out
+    ref = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+    torch.testing.assert_close(y.float(), ref.to(dtype).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(apply_rope(x, cos, sin), y)
     # a non-contiguous input (a transposed view) rotates the same
     xt = x.transpose(1, 2).contiguous().transpose(1, 2)
     assert not xt.is_contiguous()

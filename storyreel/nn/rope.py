@@ -49,7 +49,8 @@ def rope_cos_sin(positions: Tensor, head_dim: int, *, theta: float = 10000.0) ->
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs ``(2i, 2i+1)`` of ``x`` by the angles in ``cos``/``sin``.
+    """Rotate channel pairs ``(2i, 2i+1)`` of ``x`` by the angles in ``cos``/``sin`` (:func:`rope_rotate` on
+    ``cos + i·sin``; pass the complex tables straight to it where they are reused).
 
     Args:
         x: ``[B, H, L, D]`` queries or keys.
@@ -67,11 +68,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         )
     if cos.shape[-2] != x.shape[-2]:
         raise ValueError(f"cos/sin cover {cos.shape[-2]} tokens but x has {x.shape[-2]} (x.shape[-2])")
-    xf = x.to(torch.float32).unflatten(-1, (-1, 2))  # [B, H, L, D] -> [B, H, L, D/2, 2]
-    a, b = xf[..., 0], xf[..., 1]  # [B, H, L, D/2] each
-    c, s = cos.to(x.device), sin.to(x.device)
-    out = torch.stack((a * c - b * s, a * s + b * c), dim=-1)  # [B, H, L, D/2, 2]
-    return out.flatten(-2).to(x.dtype)  # [B, H, L, D/2, 2] -> [B, H, L, D]
+    return rope_rotate(x, torch.complex(cos.float(), sin.float()).to(x.device))
 
 
 def rope_freqs(positions: Tensor, head_dim: int, *, theta: float = 10000.0) -> Tensor:
@@ -88,9 +85,10 @@ def rope_rotate(x: Tensor, freqs: Tensor) -> Tensor:
 
     Args:
         x: ``[B, H, L, D]`` queries or keys.
-        freqs: complex64 ``[L, D // 2]`` from :func:`rope_freqs`, on ``x``'s device.
+        freqs: complex64 ``[L, D // 2]`` from :func:`rope_freqs` (or broadcastable to ``[B, H, L, D // 2]``), on
+            ``x``'s device.
     """
-    if not freqs.is_complex() or freqs.dim() != 2 or freqs.shape[-1] * 2 != x.shape[-1] or freqs.shape[0] != x.shape[-2]:
+    if not freqs.is_complex() or freqs.dim() < 2 or freqs.shape[-1] * 2 != x.shape[-1] or freqs.shape[-2] != x.shape[-2]:
         raise ValueError(
             f"freqs must be complex [L, head_dim // 2] = [{x.shape[-2]}, {x.shape[-1] // 2}] for x of shape "
             f"{tuple(x.shape)}, got {freqs.dtype} {tuple(freqs.shape)}; build it with rope_freqs"
