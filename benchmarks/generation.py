@@ -85,7 +85,8 @@ def flop_model(pipe: ScenePipeline, script) -> tuple[float, float]:
 
 def random_pipeline(name: str, *, device: str, ae_patch: tuple[int, int, int] = (1, 2, 2)) -> ScenePipeline:
     """A pipeline around randomly initialised ``name`` models (bidirectional + causal), exact patch autoencoder,
-    hashing text encoder: timings only."""
+    hashing text encoder: timings only. The models are built on ``device`` (initialising 2 × 2 B parameters on
+    the host takes minutes)."""
     from storyreel.autoencoders import get_autoencoder
     from storyreel.models import MultiShotMMDiT, get_model_config
     from storyreel.text import get_text_encoder
@@ -94,8 +95,9 @@ def random_pipeline(name: str, *, device: str, ae_patch: tuple[int, int, int] = 
     text_len = 32
     kw = dict(in_channels=ae.latent_channels, text_dim=64, text_len=text_len, max_shots=8)
     torch.manual_seed(0)
-    scene = MultiShotMMDiT(get_model_config(name, **kw))
-    causal = MultiShotMMDiT(get_model_config(name, attn_policy="causal_shots", **kw))
+    with torch.device(device):
+        scene = MultiShotMMDiT(get_model_config(name, **kw))
+        causal = MultiShotMMDiT(get_model_config(name, attn_policy="causal_shots", **kw))
     spec = {"name": "hashing", "kwargs": {"dim": 64}}
     pipe = ScenePipeline(scene=scene, causal=causal, autoencoder=ae, text_encoder=get_text_encoder("hashing", dim=64, max_length=text_len),
                          text_encoder_spec=spec, autoencoder_spec={"name": "patch", "kwargs": {"patch": list(ae_patch)}},
@@ -137,6 +139,10 @@ def main() -> None:
     ap.add_argument("--tf32", action="store_true",
                     help="on CUDA: TF32 tensor-core matmuls for the fp32 models (a 2 B random model at full fp32 "
                          "precision runs ~8x slower; ratios are unaffected)")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                    help="the scene models' weights (ScenePipeline.to(device, dtype)); sampling stays float32")
+    ap.add_argument("--backend", default="auto", choices=("auto", "dense", "grouped", "flex"),
+                    help="attention backend of every model call (default: auto, the pipeline's own choice)")
     args = ap.parse_args()
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -147,19 +153,21 @@ def main() -> None:
         pipe = random_pipeline(args.random, device=args.device, ae_patch=tuple(args.ae_patch))
     else:
         pipe = ScenePipeline.from_pretrained(args.model, device=args.device)
+    pipe.to(args.device, args.dtype)
     demo = example("meeting-4shots.yaml", size=args.size, frames=args.frames)
     chase = example("chase-8shots.yaml", size=args.size, frames=args.frames)
     steps = args.steps or pipe.defaults.steps
     size = f"{demo.settings.resolution[0]}×{demo.settings.resolution[1]}, {demo.shot_frames(0)} frames per shot"
 
-    timed_generate(pipe, demo, steps=2)  # warm-up: loads the text encoder, builds attention plans
+    b = args.backend
+    timed_generate(pipe, demo, steps=2, backend=b)  # warm-up: loads the text encoder, builds attention plans
     rows = []
-    demo_s, _ = timed_generate(pipe, demo, steps=steps)
+    demo_s, _ = timed_generate(pipe, demo, steps=steps, backend=b)
     rows.append(("demo: 4 shots, joint (default mode)", f"{demo_s:.1f} s", "≤ 60 s on 2 CPU cores"))
-    ar_s, _ = timed_generate(pipe, demo, steps=steps, mode="autoregressive")
+    ar_s, _ = timed_generate(pipe, demo, steps=steps, mode="autoregressive", backend=b)
     rows.append(("4 shots, autoregressive", f"{ar_s:.1f} s", f"{ar_s / demo_s:.2f}× joint"))
-    with_cache, shots_c = timed_generate(pipe, chase, steps=steps, mode="causal", kv_cache=True)
-    without, shots_n = timed_generate(pipe, chase, steps=steps, mode="causal", kv_cache=False)
+    with_cache, shots_c = timed_generate(pipe, chase, steps=steps, mode="causal", kv_cache=True, backend=b)
+    without, shots_n = timed_generate(pipe, chase, steps=steps, mode="causal", kv_cache=False, backend=b)
     growth, speedup = flop_model(pipe, chase)
     rows.append(("8 shots, causal with KV cache", f"{with_cache:.1f} s",
                  f"shot 1 {shots_c[0]:.2f} s, shot 8 {shots_c[-1]:.2f} s (shot 8 / shot 1 = {shots_c[-1] / shots_c[0]:.2f}×; "
@@ -177,10 +185,12 @@ def main() -> None:
         f"- load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
         f"- model: {pipe.name}; {size}; steps {steps}, guidance {pipe.defaults.guidance}, history guidance "
         f"{pipe.defaults.history_guidance:g}, solver {pipe.defaults.solver}; "
-        f"{'TF32' if args.tf32 else 'fp32'} matmuls; generation only (model loaded, after a warm-up run)",
+        f"{args.dtype} weights{', TF32 matmuls' if args.tf32 else ''}; attention backend {b}; "
+        "generation only (model loaded, after a warm-up run)",
         "- command: `python benchmarks/generation.py" + (f" --device {args.device}" if args.device != "cpu" else "")
         + (f" --random {args.random}" if args.random else "") + (f" --steps {args.steps}" if args.steps else "")
-        + (" --tf32" if args.tf32 else "") + (f" --size {args.size}" if args.size else "")
+        + (" --tf32" if args.tf32 else "") + (f" --dtype {args.dtype}" if args.dtype != "fp32" else "")
+        + (f" --backend {b}" if b != "auto" else "") + (f" --size {args.size}" if args.size else "")
         + (f" --frames {args.frames}" if args.frames else "")
         + (f" --ae-patch {' '.join(map(str, args.ae_patch))}" if tuple(args.ae_patch) != (1, 2, 2) else "") + "`",
         "",

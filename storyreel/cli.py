@@ -164,7 +164,7 @@ def generate(
     backbone: Annotated[Optional[str], typer.Option(help="wan | cogvideox: generate with a production backbone from --weights (docs/backbones.md).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="With --backbone: its local diffusers weights folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/).")] = None,
     finetuned: Annotated[Optional[Path], typer.Option(help="With --backbone: a fine-tune exported by `storyreel train wan-lora` / `cogvideox-lora` (its model/ folder).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="With --backbone: bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on CPU).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Model weights precision: bf16 | fp16 | fp32. Default: fp32 for the embedded models (bf16 pays off for large models on a GPU); with --backbone, bf16 on CUDA and fp32 on CPU.")] = None,
     context_parallel: Annotated[bool, typer.Option("--context-parallel", help="With --backbone, joint mode under `torchrun --no-python`: split every step over the GPUs.")] = False,
 ) -> None:
     """Generate a multi-shot video from a scene script."""
@@ -182,8 +182,8 @@ def generate(
     if history_guidance is not None:
         options["history_guidance"] = history_guidance
     t0 = time.perf_counter()
-    if backbone is None and (weights is not None or finetuned is not None or dtype is not None or context_parallel):
-        _fail("--weights, --finetuned, --dtype and --context-parallel go with --backbone wan|cogvideox (docs/backbones.md)")
+    if backbone is None and (weights is not None or finetuned is not None or context_parallel):
+        _fail("--weights, --finetuned and --context-parallel go with --backbone wan|cogvideox (docs/backbones.md)")
     if backbone is not None and (weights is None or model != "default" or goldenmem or solver is not None
                                  or history_guidance is not None):
         _fail("--backbone needs --weights DIR (a local diffusers folder) and takes no --model, --goldenmem, --solver or "
@@ -200,7 +200,7 @@ def generate(
         else:
             scene = generate_to_dir(
                 parsed, out, mode=mode, steps=steps, guidance=guidance, seed=seed, device=device, model=model,
-                resume=resume, overwrite=overwrite, progress=True, **options,
+                resume=resume, overwrite=overwrite, progress=True, dtype=dtype, **options,
             )
     except (GenerationError, ScriptError) as err:
         _fail(str(err))

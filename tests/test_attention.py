@@ -259,3 +259,26 @@ def test_mixed_dtypes_run_in_one_dtype(backend: str) -> None:
     assert torch.equal(out, ref)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert attention(q, k.bfloat16(), v, plan).dtype == torch.bfloat16
+
+
+def test_auto_backend_on_cuda_is_dense_for_small_problems_and_grouped_for_large_ones() -> None:
+    """The CUDA choice needs no GPU to be made: it only counts (query, key) pairs against the measured threshold."""
+    import importlib
+
+    from storyreel.nn.masks import get_policy
+
+    attn = importlib.import_module("storyreel.nn.attention")
+
+    cuda = torch.device("cuda")
+    small = SequenceLayout.scene(text_lens=[32] * 4, video_grids=[(4, 16, 16)] * 4, global_text_len=32)  # 4.2 k tokens
+    large = SequenceLayout.scene(text_lens=[32] * 8, video_grids=[(4, 16, 16)] * 8, global_text_len=32)  # 8.5 k tokens
+    everything = tuple(range(len(large.segments)))
+    last_shot = everything[-2:]  # a cached causal call: the last prompt and video only, keys over the whole scene
+    for pol in ("mask2dit", "causal_shots"):
+        p = get_policy(pol)
+        assert attn._auto_backend(small, p, cuda, tuple(range(len(small.segments))))[0] == "dense"
+        assert attn._auto_backend(large, p, cuda, last_shot)[0] == "dense"
+        backend, reason = attn._auto_backend(large, p, cuda, everything)
+        assert backend == "grouped" and "pairs >" in reason
+        assert large.seq_len ** 2 > attn._CUDA_DENSE_MAX_PAIRS >= small.seq_len ** 2
+    assert attn._auto_backend(small, get_policy("full"), cuda, tuple(range(len(small.segments))))[0] == "grouped"

@@ -70,10 +70,11 @@ def test_data_synth_small(tmp_path):
 
 def test_generate_with_debug_model_writes_outputs(tmp_path):
     out = tmp_path / "gen"
-    result = runner.invoke(app, ["generate", str(EXAMPLES / "meeting-2shots.yaml"), "-o", str(out), "--model", "debug", "--steps", "2"])
+    result = runner.invoke(app, ["generate", str(EXAMPLES / "meeting-2shots.yaml"), "-o", str(out), "--model", "debug", "--steps", "2",
+                                 "--dtype", "bf16"])
     assert result.exit_code == 0, result.output
     scene = json.loads((out / "scene.json").read_text())
-    assert len(scene["shots"]) == 2
+    assert len(scene["shots"]) == 2 and scene["dtype"] == "bfloat16"
     assert read_video(out / "shots" / "01.mp4").shape[0] == 16
 
 

@@ -12,7 +12,7 @@ from storyreel.media import read_video
 from storyreel.memory import PHI
 from storyreel.models import MultiShotMMDiT, get_model_config
 from storyreel.outputs import SceneWriter
-from storyreel.pipelines import GenerationError, ScenePipeline, generate_to_dir, resolve_device, shot_seed
+from storyreel.pipelines import GenerationError, ScenePipeline, generate_to_dir, resolve_device, resolve_dtype, shot_seed
 from storyreel.pipelines import scene as scene_module
 from storyreel.script import parse_script
 from storyreel.text import HashingEncoder
@@ -114,6 +114,24 @@ def test_causal_kv_cache_equals_recomputing_history(pipe, options):
         assert (a - b).abs().max().item() <= 1e-5
     for a, b in zip(cached.videos, full.videos):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["joint", "causal"])
+def test_bf16_weights_give_close_video_and_are_recorded(tmp_path, pipe_dir, mode):
+    """--dtype bf16 casts the scene models only; the video stays close to float32's, scene.json and the hash say so."""
+    full = generate_to_dir(make_script(3), tmp_path / "fp32", mode=mode, model=str(pipe_dir), progress=False)
+    half = generate_to_dir(make_script(3), tmp_path / "bf16", mode=mode, model=str(pipe_dir), progress=False, dtype="bf16")
+    assert full["dtype"] == "float32" and half["dtype"] == "bfloat16"
+    assert half["model"]["sha256"] != full["model"]["sha256"]  # a resume cannot mix the two runs
+    a, b = read_video(tmp_path / "fp32" / "scene.mp4"), read_video(tmp_path / "bf16" / "scene.mp4")
+    diff = np.abs(a.astype(float) - b.astype(float))
+    assert 0 < diff.mean() < 8 and np.isfinite(b).all()
+    pipe = ScenePipeline.from_pretrained(pipe_dir, dtype="bf16")
+    assert pipe.dtype == torch.bfloat16 and next(pipe.autoencoder.parameters(), torch.zeros(1)).dtype == torch.float32
+    assert pipe.causal is not None and next(pipe.causal.parameters()).dtype == torch.bfloat16
+    with pytest.raises(GenerationError, match=r"dtype 'int8' is unknown; use bf16, fp16 or fp32"):
+        ScenePipeline.from_pretrained(pipe_dir, dtype="int8")
+    assert resolve_dtype("FP16") == torch.float16 and resolve_dtype(None) is None
 
 
 def test_goldenmem_bounds_history_tokens(pipe):

@@ -60,6 +60,13 @@ _COST = {"gather_q": 2.0, "gather_k": 4.0, "merge": 4.0}
 _CALL_OVERHEAD = {"cuda": 16384.0, "cpu": 192.0}  # λ: fixed cost of one call, in token-rows moved
 _CPU_DENSE_PAIR = 1.2  # CPU: a masked (q, k) pair costs ~1.2x an unmasked one (mask read)
 _CPU_CALL_PAIRS = 32768.0  # CPU: the fixed cost of one grouped call (+ its merge) ~ this many (q, k) pairs
+# CUDA: up to this many (query, key) pairs one masked SDPA call (memory-efficient kernel, bool mask of this many
+# bytes) beats the grouped program, whose tens of small kernels per layer cost host time, not arithmetic. Measured
+# on an H100 (benchmarks/results/generation-gpu-large.md, 2.0 B model in bf16): dense took 1.34 s against grouped's
+# 2.20 s for a cached causal shot (1 k x 8.5 k pairs) and 1.3 s against 2.0 s for a 4-shot joint scene (4.2 k x
+# 4.2 k); at 8.5 k x 8.5 k both took ~2.7 s. Above it the mask's memory and wasted masked-out work grow
+# quadratically, and grouped's tiles (only allowed pairs, flash kernels) win.
+_CUDA_DENSE_MAX_PAIRS = 1 << 25
 
 
 # ----------------------------------------------------------------------------- token-set access
@@ -512,8 +519,13 @@ def _auto_backend(layout: SequenceLayout, pol: MaskPolicy, dev: torch.device, qs
         if dev.type == "cuda" and _flex_available():
             return "flex", "auto: token-level policy on CUDA"
         return "dense", "auto: token-level policy off CUDA"
-    if dev.type == "cuda" or pol.name == "full":
-        return "grouped", "auto: segment-structured policy" if pol.name != "full" else "auto: full = plain SDPA"
+    if pol.name == "full":
+        return "grouped", "auto: full = plain SDPA"
+    if dev.type == "cuda":
+        pairs = sum(layout.segments[s].length for s in qs) * layout.seq_len
+        if pairs <= _CUDA_DENSE_MAX_PAIRS:
+            return "dense", f"auto: {pairs:.3g} pairs <= {_CUDA_DENSE_MAX_PAIRS:.3g}, one masked SDPA call on CUDA"
+        return "grouped", f"auto: {pairs:.3g} pairs > {_CUDA_DENSE_MAX_PAIRS:.3g}, segment-structured policy on CUDA"
     prog = _build_program(layout, pol, qs, dev)
     work = sum(c.q.count * c.q.length * c.k.length for c in prog.calls)
     grouped = work + _CPU_CALL_PAIRS * len(prog.calls)

@@ -12,6 +12,7 @@ from storyreel.pipelines.scene import (
     SceneResult,
     generate_to_dir,
     resolve_device,
+    resolve_dtype,
     shot_seed,
 )
 from storyreel.pipelines.backbone import BackboneDefaults, BackbonePipeline, generate_backbone
@@ -32,5 +33,6 @@ __all__ = [
     "generate_backbone",
     "generate_to_dir",
     "resolve_device",
+    "resolve_dtype",
     "shot_seed",
 ]

@@ -37,7 +37,9 @@ from storyreel.pipelines.backbone_weights import (
     check_weights_dir,
     weights_fingerprint,
 )
-from storyreel.pipelines.scene import GenerationError, GenerationEvent, GenerationPlan, SceneResult, resolve_device
+from storyreel.pipelines.scene import (
+    GenerationError, GenerationEvent, GenerationPlan, SceneResult, resolve_device, resolve_dtype,
+)
 from storyreel.pretrained import CheckpointError
 from storyreel.script import SceneScript, load_script
 from storyreel.text.base import TextEncoder
@@ -348,13 +350,9 @@ class BackbonePipeline:
             from storyreel.train.backbone_task import check_finetuned_folder
 
             extra_files = check_finetuned_folder(finetuned, kind=kind)
-        if isinstance(dtype, str):
-            dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-                     "fp32": torch.float32, "float32": torch.float32}.get(dtype.lower(), dtype)  # type: ignore[arg-type]
+        dtype = resolve_dtype(dtype)
         if dtype is None:
             dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-        if not isinstance(dtype, torch.dtype):
-            raise GenerationError(f"dtype {dtype!r} is unknown; use bf16, fp16 or fp32")
         root = Path(weights_dir)
         import diffusers
 

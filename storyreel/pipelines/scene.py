@@ -46,6 +46,7 @@ __all__ = [
     "SceneResult",
     "generate_to_dir",
     "resolve_device",
+    "resolve_dtype",
     "shot_seed",
 ]
 
@@ -191,6 +192,22 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+_DTYPE_NAMES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+    "fp32": torch.float32, "float32": torch.float32,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16" | "fp16" | "fp32"`` (or the long names, or a ``torch.dtype``) to a floating ``torch.dtype``;
+    ``None`` stays ``None`` (the caller's default). Anything else is a :class:`GenerationError` naming the choices."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in _DTYPE_NAMES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype.lower()]
+    raise GenerationError(f"dtype {dtype!r} is unknown; use bf16, fp16 or fp32")
+
+
 def _state_sha256(modules: list[tuple[str, torch.nn.Module | None]]) -> str:
     h = hashlib.sha256()
     for prefix, module in modules:
@@ -285,13 +302,25 @@ class ScenePipeline:
         """Shots the scene model was trained to see in one pass."""
         return int(self.scene.config.max_shots)
 
-    def to(self, device: str | torch.device) -> ScenePipeline:
-        """Move the models and the autoencoder to ``device`` (checked with :func:`resolve_device`)."""
+    @property
+    def dtype(self) -> torch.dtype:
+        """Weight dtype of the scene (and causal) model; the autoencoder always runs in float32."""
+        return next(self.scene.parameters()).dtype
+
+    def to(self, device: str | torch.device, dtype: str | torch.dtype | None = None) -> ScenePipeline:
+        """Move the models and the autoencoder to ``device`` (checked with :func:`resolve_device`); ``dtype``
+        (``bf16``, ``fp16`` or ``fp32``) casts the scene and causal models' weights. Sampling, the latents and the
+        autoencoder stay float32: each model call casts its inputs to the weights' dtype and its velocity back.
+        bf16 is the usual choice for large models on a GPU; the video differs slightly from float32's, so
+        ``scene.json`` records the dtype and the weights hash covers it."""
         dev = resolve_device(device)
-        self.scene.to(dev)
+        dt = resolve_dtype(dtype)
+        self.scene.to(dev, dt)
         if self.causal is not None:
-            self.causal.to(dev)
+            self.causal.to(dev, dt)
         self.autoencoder.to(dev)
+        if dt is not None:
+            self._sha = None
         return self
 
     def weights_sha256(self) -> str:
@@ -335,10 +364,17 @@ class ScenePipeline:
         )
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike[str] = "default", *, device: str | torch.device = "cpu") -> ScenePipeline:
+    def from_pretrained(cls, model: str | os.PathLike[str] = "default", *, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = None) -> ScenePipeline:
         """Load ``"default"`` (``storyreel/weights/default``), ``"debug"`` (:meth:`debug`), a pipeline folder (with
-        ``pipeline.json``) or a scene model folder exported by training (``config.json`` with training facts)."""
+        ``pipeline.json``) or a scene model folder exported by training (``config.json`` with training facts).
+        ``dtype`` casts the scene models' weights (:meth:`to`; default: float32)."""
         dev = resolve_device(device)
+        dt = resolve_dtype(dtype)
+        return cls._from_pretrained(model, dev).to(dev, dt)
+
+    @classmethod
+    def _from_pretrained(cls, model: str | os.PathLike[str], dev: torch.device) -> ScenePipeline:
         if str(model) == "debug":
             return cls.debug().to(dev)
         if str(model) == "default":
@@ -571,18 +607,20 @@ def generate_to_dir(
     script_path_or_script: SceneScript | str | os.PathLike[str], out_dir: str | os.PathLike[str], *, mode: str | None = None,
     steps: int | None = None, guidance: float | None = None, seed: int | None = None, device: str = "cpu",
     model: str | os.PathLike[str] = "default", resume: bool = False, progress: bool = True, overwrite: bool = False,
-    **options: Any,
+    dtype: str | torch.dtype | None = None, **options: Any,
 ) -> dict[str, Any]:
     """Generate a script into run folder ``out_dir`` (``shots/NN.mp4`` + sidecars, ``scene.mp4``, ``storyboard.png``,
     ``scene.json``); returns the ``scene.json`` dict. ``options`` go to :meth:`ScenePipeline.generate` (solver,
-    shift, t_c, history, goldenmem, context_window, policy, kv_cache, backend, history_guidance). Checks the device, the script, the
-    model folder and every setting before any compute (:class:`GenerationError`, or ``ScriptError`` for the script).
+    shift, t_c, history, goldenmem, context_window, policy, kv_cache, backend, history_guidance); ``dtype`` the scene
+    models' weights (:meth:`ScenePipeline.to`). Checks the device, the dtype, the script, the model folder and every
+    setting before any compute (:class:`GenerationError`, or ``ScriptError`` for the script).
     """
     from storyreel.outputs import SceneWriter
 
     dev = resolve_device(device)
+    dt = resolve_dtype(dtype)
     script = script_path_or_script if isinstance(script_path_or_script, SceneScript) else load_script(script_path_or_script)
-    pipe = ScenePipeline.from_pretrained(model, device=dev)
+    pipe = ScenePipeline.from_pretrained(model, device=dev, dtype=dt)
     try:
         writer = SceneWriter(out_dir, fps=script.settings.fps)
     except ValueError as err:
