@@ -462,3 +462,30 @@ def test_device_tables_are_built_once_per_layout_and_prefix() -> None:
     pack, seg_shot, freqs = _packing_on(layout, 0, torch.device("cpu"), CFG.head_dim, float(CFG.rope_theta))
     assert seg_shot.tolist() == [s.shot for s in layout.segments]  # the global prompt is shot -1 (timestep 0)
     assert freqs.is_complex() and freqs.shape == (layout.seq_len, CFG.head_dim // 2)
+
+
+def test_qk_norm_runs_in_the_input_dtype_under_bf16_autocast() -> None:
+    """Under bf16 autocast the q/k RMSNorm gets bf16 input and a float32 weight: it must not warn about the
+    mismatch (the unfused fallback) and must match the float32 norm to bf16 precision."""
+    import warnings
+
+    from storyreel.models.mmdit import QKNorm
+
+    norm = QKNorm(8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = torch.randn(2, 3, 5, 8)
+    ref = torch.nn.RMSNorm(8, eps=1e-6)
+    ref.load_state_dict(norm.state_dict())  # same state-dict names as nn.RMSNorm
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = norm(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and torch.allclose(y.float(), ref(x), rtol=2e-2, atol=2e-2)
+    assert torch.equal(norm(x), ref(x))
+    layout = scene([(1, 2, 2), (2, 2, 2)], global_len=2)
+    xs, ctx = inputs(layout)
+    model, t = perturbed(), torch.rand(2, 2)
+    with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.filterwarnings("error", message=".*Mismatch dtype.*")
+        out = model(xs, t, ctx, layout)
+    assert torch.allclose(out.float(), model(xs, t, ctx, layout), atol=0.1)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -137,6 +138,18 @@ def get_model_config(name: str, **overrides: Any) -> MMDiTConfig:
 # --------------------------------------------------------------------------------------------- blocks
 
 
+class QKNorm(nn.RMSNorm):
+    """RMSNorm of queries or keys over ``head_dim`` that runs in the input's dtype: under bf16 autocast the
+    projections come out bf16 while the weight stays float32, and ``nn.RMSNorm`` then warns and falls back to an
+    unfused kernel. Same parameters and state-dict names as ``nn.RMSNorm``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        if w is not None and w.dtype != x.dtype:
+            w = w.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, w, self.eps)
+
+
 class _Stream(nn.Module):
     """One modality's weights inside an MMDiT block: adaLN, qkv (+ q/k RMSNorm), out proj, MLP."""
 
@@ -147,8 +160,8 @@ class _Stream(nn.Module):
         self.ada = AdaLNModulation(h, 2 if pre_only else 6)
         self.norm1 = nn.LayerNorm(h, elementwise_affine=False, eps=eps)
         self.qkv = nn.Linear(h, 3 * h)
-        self.q_norm: nn.Module = nn.RMSNorm(cfg.head_dim, eps=eps) if cfg.qk_norm else nn.Identity()
-        self.k_norm: nn.Module = nn.RMSNorm(cfg.head_dim, eps=eps) if cfg.qk_norm else nn.Identity()
+        self.q_norm: nn.Module = QKNorm(cfg.head_dim, eps=eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm: nn.Module = QKNorm(cfg.head_dim, eps=eps) if cfg.qk_norm else nn.Identity()
         if not pre_only:
             mlp = int(round(h * cfg.mlp_ratio))
             self.proj = nn.Linear(h, h)
