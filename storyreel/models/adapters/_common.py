@@ -112,7 +112,6 @@ class ScenePacking:
     to_stream: Tensor | None  # [L_new]
     txt_seg: Tensor  # [Lt] local segment id of every text-stream token
     vid_seg: Tensor  # [Lv] local segment id of every video-stream token
-    seg_first_token: Tensor  # [S_new] full-layout index of each new segment's first token
     origins: tuple[int, ...]  # RoPE origin of every new segment (see segment_origins)
     txt_one: int | None  # the local segment holding every text-stream token, if there is just one
     vid_one: int | None  # same for the video stream
@@ -133,7 +132,7 @@ class ScenePacking:
     def to(self, device: torch.device) -> ScenePacking:
         """Index tensors on ``device``."""
         moved = dict(self.__dict__)
-        for name in ("to_attn", "to_stream", "txt_seg", "vid_seg", "seg_first_token"):
+        for name in ("to_attn", "to_stream", "txt_seg", "vid_seg"):
             if moved[name] is not None:
                 moved[name] = moved[name].to(device)
         return ScenePacking(**moved)
@@ -201,11 +200,19 @@ def build_packing(layout: SequenceLayout, n_cached_segments: int, use_cache: boo
         to_stream=to_stream,
         txt_seg=local[~vis_tok],
         vid_seg=local[vis_tok],
-        seg_first_token=torch.tensor([layout.offsets[i] for i in new], dtype=torch.long),
         origins=tuple(origins[i] for i in new),
         txt_one=_single(local[~vis_tok]),
         vid_one=_single(local[vis_tok]),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def packing_on(layout: SequenceLayout, n_cached_segments: int, use_cache: bool, device: torch.device) -> tuple[ScenePacking, Tensor]:
+    """:func:`build_packing` with its index tensors on ``device``, and the new segments' shots there too (``-1`` for
+    global segments), built once per (layout, prefix, device): no host-to-device copy in a sampling step."""
+    pack = build_packing(layout, n_cached_segments, use_cache)
+    seg_shot = torch.tensor([layout.segments[i].shot for i in pack.new_segments], dtype=torch.long)
+    return pack.to(device), seg_shot.to(device)
 
 
 def _single(ids: Tensor) -> int | None:
@@ -219,6 +226,7 @@ _CACHES: list = []
 def clear_caches() -> None:
     """Forget cached packings, RoPE tables and positional embeddings (e.g. to free GPU memory)."""
     build_packing.cache_clear()
+    packing_on.cache_clear()
     for fn in _CACHES:
         fn.cache_clear()
 
@@ -411,7 +419,8 @@ class SceneAdapterBase(nn.Module):
             )
         if layout.n_shots == 0:
             t = t.new_zeros(b, 1)  # only global segments: they take t = 0 anyway
-        seg_t = layout.token_timesteps(t).to(device)[:, pack.seg_first_token.to(device)]  # [B, S_new]
+        pack, seg_shot = packing_on(layout, pack.n_cached_segments, use_cache, device)
+        seg_t = torch.where(seg_shot >= 0, t[:, seg_shot.clamp(min=0)], 0.0)  # [B, S_new]; global segments at t = 0
         return pack, lat, context, seg_t, b
 
     def _plans(self, pack: ScenePacking, policies: list[MaskPolicy], backend: str, device: torch.device, *, queries: str) -> list:

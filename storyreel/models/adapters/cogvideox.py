@@ -305,7 +305,6 @@ class CogVideoXSceneAdapter(SceneAdapterBase):
         tr = self.transformer
         ref = lat[0] if lat else context
         device, dtype = ref.device, tr.patch_embed.text_proj.weight.dtype
-        pack = pack.to(device)
         try:
             out = self._run(pack, lat, context, seg_t, b, policy, backend, kv_cache, cache_write, device, dtype)
         except BaseException:

@@ -268,7 +268,6 @@ class WanSceneAdapter(SceneAdapterBase):
         tr = self.transformer
         ref = lat[0] if lat else context
         device, dtype = ref.device, tr.patch_embedding.weight.dtype
-        pack = pack.to(device)
         txt = context.to(dtype) if pack.n_text else torch.zeros(b, 0, self.text_dim, device=device, dtype=dtype)
         try:
             out = self._run(pack, lat, txt, seg_t, b, policy, backend, kv_cache, cache_write, device, dtype)
