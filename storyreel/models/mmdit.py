@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from storyreel.nn.attention import AttentionPlan, attention, plan_attention
 from storyreel.nn.embeddings import TimestepEmbedder, patch_grid, patchify, unpatchify
 from storyreel.nn.kvcache import KVCache
-from storyreel.nn.layout import Modality, SequenceLayout
+from storyreel.nn.layout import Modality, SequenceLayout, shot_timesteps
 from storyreel.nn.masks import MaskPolicy, dense_mask, layer_policies
 from storyreel.nn.modulation import AdaLNModulation, gate, modulate
 from storyreel.nn.rope import rope_axes_dims, rope_freqs, rope_rotate
@@ -474,8 +474,7 @@ class MultiShotMMDiT(nn.Module, PretrainedMixin):
         device, dtype, b = ref.device, self.x_embed.weight.dtype, ref.shape[0]
         n_cached = layout.n_segments - len(pack.new_segments)
         pack, seg_shot, rope = _packing_on(layout, n_cached, device, self.config.head_dim, float(self.config.rope_theta))
-        # each new segment's timestep: its shot's t, 0 for global segments  [B, S_new]
-        seg_t = torch.where(seg_shot >= 0, t[:, seg_shot.clamp(min=0)], 0.0)
+        seg_t = shot_timesteps(t, seg_shot)  # each new segment's timestep [B, S_new]; global segments at t = 0
 
         # ---- embed: video tokens [B, Lv, hidden], text tokens [B, Lt, hidden], conditioning [B, S_new, hidden]
         vid = (self.x_embed(torch.cat([patchify(v, self.config.patch_size) for v in lat], dim=1).to(dtype))

@@ -23,7 +23,15 @@ from torch import Tensor
 if TYPE_CHECKING:
     from storyreel.nn.masks import TokenMeta
 
-__all__ = ["Modality", "Segment", "SequenceLayout", "TEXTUAL", "VISUAL"]
+__all__ = ["Modality", "Segment", "SequenceLayout", "TEXTUAL", "VISUAL", "shot_timesteps"]
+
+
+def shot_timesteps(t: Tensor, shot: Tensor, *, global_t: float = 0.0) -> Tensor:
+    """Per-shot timesteps ``t [B, n_shots]`` gathered at shot ids ``shot [N]`` (on ``t``'s device; ``-1`` = a global
+    segment or token, which takes ``global_t``) → ``[B, N]``. One gather, no host work: the models call it every
+    step with shot ids kept on the device (per token in :meth:`SequenceLayout.token_timesteps`, per segment in the
+    MMDiT and the backbone adapters)."""
+    return torch.where(shot >= 0, t[:, shot.clamp(min=0)], float(global_t))
 
 
 class Modality(enum.IntEnum):
@@ -336,9 +344,7 @@ class SequenceLayout:
                 "give one timestep per shot or one per sample"
             )
         t = t.expand(t.shape[0], max(n, 1))  # [B, n_shots]
-        shot = self.token_shot.to(t.device)
-        out = t[:, shot.clamp(min=0)]  # [B, L]
-        return torch.where(shot[None, :] < 0, torch.full_like(out, float(global_t)), out)
+        return shot_timesteps(t, self.token_shot.to(t.device), global_t=global_t)  # [B, L]
 
     # ------------------------------------------------------------------ derived layouts
     def append(self, segments: Sequence[Segment]) -> SequenceLayout:

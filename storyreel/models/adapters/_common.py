@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from storyreel.models.mmdit import split_segment_latents
 from storyreel.nn.attention import attention
 from storyreel.nn.kvcache import KVCache
-from storyreel.nn.layout import Modality, SequenceLayout
+from storyreel.nn.layout import Modality, SequenceLayout, shot_timesteps
 from storyreel.nn.masks import MaskPolicy, TokenMeta, dense_mask, get_policy, layer_policies, segment_mask
 
 __all__ = [
@@ -420,7 +420,7 @@ class SceneAdapterBase(nn.Module):
         if layout.n_shots == 0:
             t = t.new_zeros(b, 1)  # only global segments: they take t = 0 anyway
         pack, seg_shot = packing_on(layout, pack.n_cached_segments, use_cache, device)
-        seg_t = torch.where(seg_shot >= 0, t[:, seg_shot.clamp(min=0)], 0.0)  # [B, S_new]; global segments at t = 0
+        seg_t = shot_timesteps(t, seg_shot)  # [B, S_new]; global segments at t = 0
         return pack, lat, context, seg_t, b
 
     def _plans(self, pack: ScenePacking, policies: list[MaskPolicy], backend: str, device: torch.device, *, queries: str) -> list:
