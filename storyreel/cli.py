@@ -160,7 +160,7 @@ def generate(
     goldenmem: Annotated[bool, typer.Option("--goldenmem", help="Compress history frames with GoldenMem (experimental with the shipped default).")] = False,
     kv_cache: Annotated[bool, typer.Option("--kv-cache/--no-kv-cache", help="causal mode: reuse history keys/values (same video, faster).")] = True,
     solver: Annotated[Optional[str], typer.Option(help="euler | heun.")] = None,
-    history_guidance: Annotated[Optional[float], typer.Option(min=0.0, help="History guidance weight (0 = off; default: the model's): each step also runs every shot alone and pushes it towards what the other shots imply, so unspoken details carry over (one more model call per step).")] = None,
+    history_guidance: Annotated[Optional[float], typer.Option(min=0.0, help="History guidance weight (0 = off; default: the model's, which may differ for --mode causal): each step also runs every shot alone and pushes it towards what the other shots imply, so unspoken details carry over (one more model call per step).")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="wan | cogvideox: generate with a production backbone from --weights (docs/backbones.md).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="With --backbone: its local diffusers weights folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/).")] = None,
     finetuned: Annotated[Optional[Path], typer.Option(help="With --backbone: a fine-tune exported by `storyreel train wan-lora` / `cogvideox-lora` (its model/ folder).")] = None,

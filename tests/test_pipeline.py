@@ -1,5 +1,6 @@
 """Scene generation on debug pipelines: modes, KV cache, resume, determinism, extend, long takes, errors."""
 
+import dataclasses
 import json
 import math
 
@@ -14,6 +15,7 @@ from storyreel.models import MultiShotMMDiT, get_model_config
 from storyreel.outputs import SceneWriter
 from storyreel.pipelines import GenerationError, ScenePipeline, generate_to_dir, resolve_device, resolve_dtype, shot_seed
 from storyreel.pipelines import scene as scene_module
+from storyreel.pipelines.scene import PipelineDefaults
 from storyreel.script import parse_script
 from storyreel.text import HashingEncoder
 
@@ -172,6 +174,29 @@ def test_history_guidance_pushes_shots_by_the_other_shots_only(pipe, mode):
         single = make_script(1)
         a, b = pipe.generate(single, mode=mode), pipe.generate(single, mode=mode, history_guidance=2.0)
         assert (a.latents[0] - b.latents[0]).abs().max() <= 1e-5
+
+
+def test_causal_mode_has_its_own_history_guidance_default(pipe):
+    """``defaults.history_guidance_causal`` applies to causal mode only; an explicit weight wins in every mode."""
+    script = make_script(3)
+    old = pipe.defaults
+    try:
+        pipe.defaults = dataclasses.replace(old, history_guidance=2.0, history_guidance_causal=4.0)
+        assert pipe.check(script, mode="causal").history_guidance == 4.0
+        assert pipe.check(script, mode="joint").history_guidance == 2.0
+        assert pipe.check(script, mode="autoregressive").history_guidance == 2.0
+        assert pipe.check(script, mode="causal", history_guidance=1.0).history_guidance == 1.0
+        by_default = pipe.generate(script, mode="causal")
+        explicit = pipe.generate(script, mode="causal", history_guidance=4.0)
+        assert by_default.meta["history_guidance"] == 4.0
+        torch.testing.assert_close(by_default.latents[2], explicit.latents[2], atol=0, rtol=0)
+        pipe.defaults = dataclasses.replace(old, history_guidance=2.0)  # unset: causal follows history_guidance
+        assert pipe.check(script, mode="causal").history_guidance == 2.0
+    finally:
+        pipe.defaults = old
+    for bad in (-1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="history_guidance_causal"):
+            PipelineDefaults(history_guidance_causal=bad)
 
 
 def test_joint_mask_policy_is_selectable(pipe):
@@ -376,13 +401,15 @@ def test_export_stores_half_precision_weights_that_load_back(tmp_path):
     MultiShotMMDiT(get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3, attn_policy="causal_shots")
                    ).save_pretrained(tmp_path / "causal", extra=extra)
     assert export_main([str(tmp_path / "scene"), "--causal", str(tmp_path / "causal"), "--out", str(tmp_path / "p"),
-                        "--dtype", "float16", "--history-guidance", "2"]) == 0
-    assert json.loads((tmp_path / "p" / "pipeline.json").read_text())["defaults"]["history_guidance"] == 2.0
+                        "--dtype", "float16", "--history-guidance", "2", "--history-guidance-causal", "4"]) == 0
+    defaults = json.loads((tmp_path / "p" / "pipeline.json").read_text())["defaults"]
+    assert defaults["history_guidance"] == 2.0 and defaults["history_guidance_causal"] == 4.0
     with safe_open(str(tmp_path / "p" / "scene" / "model.safetensors"), "pt") as fh:
         assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.float16}
     full = ScenePipeline.from_model_folders(tmp_path / "scene", causal=tmp_path / "causal")
     half = ScenePipeline.from_pretrained(tmp_path / "p")
     assert half.defaults.history_guidance == 2.0 and full.defaults.history_guidance == 0.0
+    assert half.defaults.history_guidance_for("causal") == 4.0 and half.defaults.history_guidance_for("joint") == 2.0
     assert half.causal is not None and next(half.scene.parameters()).dtype == torch.float32
     for (name, p), q in zip(full.scene.named_parameters(), half.scene.parameters()):
         torch.testing.assert_close(q, p, atol=1e-3, rtol=1e-3, msg=name)  # fp16 rounding only

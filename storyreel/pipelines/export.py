@@ -26,15 +26,18 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def export_pipeline(scene: str | Path, out: str | Path, *, causal: str | Path | None = None, dtype: str = "float32",
                     name: str | None = None, history_guidance: float | None = None,
-                    autoencoder: str | Path | None = None) -> Path:
+                    history_guidance_causal: float | None = None, autoencoder: str | Path | None = None) -> Path:
     """Build the pipeline from ``scene`` (and ``causal``) model folders and save it to ``out`` in ``dtype``;
-    ``history_guidance`` sets that sampling default in ``pipeline.json``; ``autoencoder`` replaces the one the
+    ``history_guidance`` (``history_guidance_causal``: its weight in causal mode) sets that sampling default in
+    ``pipeline.json``; ``autoencoder`` replaces the one the
     scene model was trained with by a decoder-only fine-tune of it."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
     pipe = ScenePipeline.from_model_folders(scene, causal=causal, name=name, autoencoder=autoencoder)
     if history_guidance is not None:
         pipe.defaults = dataclasses.replace(pipe.defaults, history_guidance=history_guidance)
+    if history_guidance_causal is not None:
+        pipe.defaults = dataclasses.replace(pipe.defaults, history_guidance_causal=history_guidance_causal)
     return pipe.save_pretrained(out, dtype=DTYPES[dtype])
 
 
@@ -47,12 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None, help="pipeline name recorded in pipeline.json")
     ap.add_argument("--history-guidance", type=float, default=None,
                     help="default history guidance weight of the pipeline (pipeline.json defaults; 0 = off)")
+    ap.add_argument("--history-guidance-causal", type=float, default=None,
+                    help="its weight in causal mode, where it differs (default: the same as --history-guidance)")
     ap.add_argument("--autoencoder", type=Path, default=None,
                     help="a decoder-only fine-tune of the scene model's autoencoder to ship instead (same encoder)")
     args = ap.parse_args(argv)
     try:
         out = export_pipeline(args.scene, args.out, causal=args.causal, dtype=args.dtype, name=args.name,
-                              history_guidance=args.history_guidance, autoencoder=args.autoencoder)
+                              history_guidance=args.history_guidance,
+                              history_guidance_causal=args.history_guidance_causal, autoencoder=args.autoencoder)
     except (GenerationError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

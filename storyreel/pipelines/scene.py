@@ -75,7 +75,9 @@ class PipelineDefaults:
     forward pass sees (history + the new shot; ``None`` = the model's ``max_shots``); ``history`` the selection
     strategy beyond the window; ``goldenmem`` compresses history frames (Captain Cinema GoldenMem);
     ``history_guidance`` the weight of history guidance (0 = off): each step also runs the model with every shot cut
-    off from the others and moves the result away from it, ``+ h·(with others − alone)``.
+    off from the others and moves the result away from it, ``+ h·(with others − alone)``;
+    ``history_guidance_causal`` its weight in ``causal`` mode (``None``: ``history_guidance``), where the shots
+    conditioned on are the model's own earlier shots rather than the rest of the scene being denoised with them.
     """
 
     steps: int = 24
@@ -87,6 +89,13 @@ class PipelineDefaults:
     history: str = "recency"
     goldenmem: bool = False
     history_guidance: float = 0.0
+    history_guidance_causal: float | None = None
+
+    def history_guidance_for(self, mode: str) -> float:
+        """The default history-guidance weight of generation mode ``mode``."""
+        if mode == "causal" and self.history_guidance_causal is not None:
+            return float(self.history_guidance_causal)
+        return float(self.history_guidance)
 
     def __post_init__(self) -> None:
         def bad(field: str, allowed: str) -> ValueError:
@@ -112,6 +121,9 @@ class PipelineDefaults:
         hg = self.history_guidance
         if isinstance(hg, bool) or not isinstance(hg, (int, float)) or not 0 <= hg < math.inf:
             raise bad("history_guidance", "a finite number >= 0 (0 = off)")
+        hc = self.history_guidance_causal
+        if hc is not None and (isinstance(hc, bool) or not isinstance(hc, (int, float)) or not 0 <= hc < math.inf):
+            raise bad("history_guidance_causal", "null (same as history_guidance) or a finite number >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def check_plan(
     shift = float(_number("shift", shift if shift is not None else d.shift, low=0, low_open=True))
     t_c = float(_number("t_c", t_c if t_c is not None else d.t_c, low=0, high=0.999))
     history_guidance = float(_number("history_guidance", history_guidance if history_guidance is not None
-                                     else d.history_guidance, low=0))
+                                     else d.history_guidance_for(mode), low=0))
     history = history if history is not None else d.history
     if history not in HISTORY_STRATEGIES:
         raise _error(f"history strategy {history!r} is unknown; choose one of {', '.join(HISTORY_STRATEGIES)}")
