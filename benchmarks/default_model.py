@@ -46,8 +46,9 @@ KEYS = ("identity_fidelity", "appearance_consistency", "text_shot_alignment", "s
 HELD_OUT_BASE = 10_000_000
 
 
-def held_out(n: int):
-    return [scene_to_script(sample_scene(HELD_OUT_BASE + i, n_shots=4)) for i in range(n)]
+def held_out(n: int, first: int = 0):
+    """Held-out scripts ``first .. first + n - 1`` (4 shots each)."""
+    return [scene_to_script(sample_scene(HELD_OUT_BASE + i, n_shots=4)) for i in range(first, first + n)]
 
 
 def per_shot(pipe: ScenePipeline, script, steps: int):
@@ -113,25 +114,28 @@ def through_autoencoder(pipe: ScenePipeline, shots: list) -> list:
             for f in shots]
 
 
-def script_prompts(scripts) -> list[str]:
-    """Every prompt the benchmark feeds the text encoder: global + shot prompts of each script and of its
-    one-shot baseline scripts, and the empty prompt of classifier-free guidance."""
+def script_prompts(scripts, *, expand: tuple[bool, ...] = (False, True), per_shot: bool = True) -> list[str]:
+    """Every prompt the benchmark feeds the text encoder: global + shot prompts of each script and (``per_shot``)
+    of its one-shot baseline scripts, and the empty prompt of classifier-free guidance; ``expand``: the prompt forms
+    to include (with and without each named character's description, as pipelines with and without
+    ``data.expand_characters`` read them)."""
     prompts = {""}
     for script in scripts:
         prompts.add(script.global_prompt_text())
-        for expand in (False, True):  # as read by pipelines with and without data.expand_characters
-            prompts.update(script.shot_prompt_text(i, expand_characters=expand) for i in range(len(script.shots)))
-            for shot in script.shots:
+        for ex in expand:
+            prompts.update(script.shot_prompt_text(i, expand_characters=ex) for i in range(len(script.shots)))
+            for shot in script.shots if per_shot else ():
                 single = script.model_copy(update={"shots": [shot.model_copy(update={"cut": True, "history": None})]})
-                prompts.add(single.shot_prompt_text(0, expand_characters=expand))
+                prompts.add(single.shot_prompt_text(0, expand_characters=ex))
     return sorted(prompts)
 
 
-def write_text_cache(pipe: ScenePipeline, scripts, path: Path) -> None:
-    """Encode every prompt of the run with the pipeline's text encoder and save the states (fp16)."""
+def write_text_cache(pipe: ScenePipeline, scripts, path: Path, *, modes: tuple[str, ...] = ()) -> None:
+    """Encode every prompt of the run with the pipeline's text encoder and save the states (fp16). Only the
+    prompt form the pipeline reads is kept, and the one-shot baseline's prompts only when ``per-shot`` is a mode."""
     from safetensors.torch import save_file
 
-    prompts = script_prompts(scripts)
+    prompts = script_prompts(scripts, expand=(pipe.expand_characters,), per_shot="per-shot" in modes)
     states = pipe.text_encoder.encode(prompts)
     tensors = {"states": states.states.to(torch.float16).cpu().contiguous(), "mask": states.mask.cpu().contiguous()}
     save_file(tensors, str(path), metadata={"prompts": json.dumps(prompts)})
@@ -161,9 +165,13 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n", type=int, default=50, help="held-out scripts (4 shots each)")
+    ap.add_argument("--first", type=int, default=0,
+                    help="index of the first held-out script (e.g. --first 50 --n 100: a validation set disjoint from the "
+                         "default 50, for checking a choice made on those)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the pipeline's)")
-    ap.add_argument("--history-guidance", type=float, default=None, help="history guidance weight (default: the pipeline's)")
+    ap.add_argument("--history-guidance", type=float, default=None,
+                    help="history guidance weight in every mode (default: the pipeline's, which may differ for causal)")
     ap.add_argument("--modes", nargs="+", default=["joint", "causal", "per-shot", "gt-history"],
                     choices=["joint", "causal", "per-shot", "gt-history"],
                     help="which generation modes to score (ground truth, raw and through the autoencoder, is always scored)")
@@ -178,10 +186,11 @@ def main() -> None:
     if args.guidance is not None:
         pipe.defaults = dataclasses.replace(pipe.defaults, guidance=args.guidance)
     if args.history_guidance is not None:
-        pipe.defaults = dataclasses.replace(pipe.defaults, history_guidance=args.history_guidance)
-    scripts = held_out(args.n)
+        pipe.defaults = dataclasses.replace(pipe.defaults, history_guidance=args.history_guidance,
+                                            history_guidance_causal=None)  # one weight for every mode
+    scripts = held_out(args.n, args.first)
     if args.write_text_cache is not None:
-        write_text_cache(pipe, scripts, args.write_text_cache)
+        write_text_cache(pipe, scripts, args.write_text_cache, modes=tuple(args.modes))
         return
     if args.text_cache is not None:
         load_text_cache(pipe, args.text_cache)
@@ -206,15 +215,22 @@ def main() -> None:
     report(args, pipe, steps, results, len(scripts), time.perf_counter() - t0)
 
 
+def hg_text(d) -> str:
+    """The history-guidance weight(s) of defaults ``d``: ``2`` or ``2 (causal 4)``."""
+    hc = d.history_guidance_for("causal")
+    return f"{d.history_guidance:g}" + ("" if hc == d.history_guidance else f" (causal {hc:g})")
+
+
 def report(args, pipe: ScenePipeline, steps: int, results: dict[str, list], n: int, wall: float, *, quiet: bool = False) -> None:
     """Write the markdown table for the first ``n`` scripts."""
     lines = [
         "# Shipped default: quality on held-out StoryWorld scripts",
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu_name()}, torch {torch.__version__}, device {args.device}",
-        f"- model: {pipe.name}; {n} held-out scripts of 4 shots (seeds {HELD_OUT_BASE}…{HELD_OUT_BASE + n - 1}); "
-        f"steps {steps}, guidance {pipe.defaults.guidance}, history guidance {pipe.defaults.history_guidance:g}; wall time {wall:.0f} s" + ("" if n == args.n else f" (partial: {n} of {args.n})"),
-        f"- command: `python benchmarks/default_model.py --n {args.n}" + (f" --device {args.device}" if args.device != "cpu" else "")
+        f"- model: {pipe.name}; {n} held-out scripts of 4 shots (seeds {HELD_OUT_BASE + args.first}…{HELD_OUT_BASE + args.first + n - 1}); "
+        f"steps {steps}, guidance {pipe.defaults.guidance}, history guidance {hg_text(pipe.defaults)}; wall time {wall:.0f} s" + ("" if n == args.n else f" (partial: {n} of {args.n})"),
+        f"- command: `python benchmarks/default_model.py --n {args.n}" + (f" --first {args.first}" if args.first else "")
+        + (f" --device {args.device}" if args.device != "cpu" else "")
         + (f" --guidance {args.guidance:g}" if args.guidance is not None else "")
         + (f" --history-guidance {args.history_guidance:g}" if args.history_guidance is not None else "")
         + (f" --modes {' '.join(args.modes)}" if len(args.modes) < 4 else "") + "`",
