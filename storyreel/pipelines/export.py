@@ -29,8 +29,8 @@ def export_pipeline(scene: str | Path, out: str | Path, *, causal: str | Path | 
                     history_guidance_causal: float | None = None, autoencoder: str | Path | None = None) -> Path:
     """Build the pipeline from ``scene`` (and ``causal``) model folders and save it to ``out`` in ``dtype``;
     ``history_guidance`` (``history_guidance_causal``: its weight in causal mode) sets that sampling default in
-    ``pipeline.json``; ``autoencoder`` replaces the one the
-    scene model was trained with by a decoder-only fine-tune of it."""
+    ``pipeline.json``; ``autoencoder`` replaces the one the scene model was trained with by a decoder-only
+    fine-tune of it."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
     pipe = ScenePipeline.from_model_folders(scene, causal=causal, name=name, autoencoder=autoencoder)

@@ -118,12 +118,11 @@ class PipelineDefaults:
             raise bad("history", ", ".join(HISTORY_STRATEGIES))
         if not isinstance(self.goldenmem, bool):
             raise bad("goldenmem", "true or false")
-        hg = self.history_guidance
-        if isinstance(hg, bool) or not isinstance(hg, (int, float)) or not 0 <= hg < math.inf:
-            raise bad("history_guidance", "a finite number >= 0 (0 = off)")
-        hc = self.history_guidance_causal
-        if hc is not None and (isinstance(hc, bool) or not isinstance(hc, (int, float)) or not 0 <= hc < math.inf):
-            raise bad("history_guidance_causal", "null (same as history_guidance) or a finite number >= 0 (0 = off)")
+        for field, optional in (("history_guidance", False), ("history_guidance_causal", True)):
+            w = getattr(self, field)
+            if (w is None and optional) or (not isinstance(w, bool) and isinstance(w, (int, float)) and 0 <= w < math.inf):
+                continue
+            raise bad(field, ("null (same as history_guidance) or " if optional else "") + "a finite number >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
