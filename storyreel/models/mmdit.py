@@ -239,7 +239,7 @@ def _packing_on(layout: SequenceLayout, n_cached_segments: int, device: torch.de
     and reused by every sampling step: a host→device copy from pageable memory synchronises the stream, and a
     handful per forward keeps the host from queueing work ahead of a GPU."""
     pack = _packing(layout, n_cached_segments)
-    seg_shot = torch.tensor([layout.segments[i].shot for i in pack.new_segments], dtype=torch.long)
+    seg_shot = layout.segment_shot[list(pack.new_segments)]
     freqs = rope_freqs(pack.positions, head_dim, theta=theta)
     return pack.to(device), seg_shot.to(device), freqs.to(device)
 

@@ -266,6 +266,11 @@ class SequenceLayout:
         return self._per_segment(range(self.n_segments))
 
     @cached_property
+    def segment_shot(self) -> Tensor:
+        """LongTensor ``[S]``: shot of every segment (``-1`` = global)."""
+        return torch.tensor([s.shot for s in self.segments], dtype=torch.long)
+
+    @cached_property
     def token_shot(self) -> Tensor:
         """LongTensor ``[L]``: shot of every token (``-1`` = global)."""
         return self._per_segment([s.shot for s in self.segments])

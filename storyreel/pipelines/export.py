@@ -34,10 +34,8 @@ def export_pipeline(scene: str | Path, out: str | Path, *, causal: str | Path | 
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
     pipe = ScenePipeline.from_model_folders(scene, causal=causal, name=name, autoencoder=autoencoder)
-    if history_guidance is not None:
-        pipe.defaults = dataclasses.replace(pipe.defaults, history_guidance=history_guidance)
-    if history_guidance_causal is not None:
-        pipe.defaults = dataclasses.replace(pipe.defaults, history_guidance_causal=history_guidance_causal)
+    given = {"history_guidance": history_guidance, "history_guidance_causal": history_guidance_causal}
+    pipe.defaults = dataclasses.replace(pipe.defaults, **{k: v for k, v in given.items() if v is not None})
     return pipe.save_pretrained(out, dtype=DTYPES[dtype])
 
 

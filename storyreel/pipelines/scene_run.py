@@ -439,7 +439,7 @@ class SceneRun:
             "resolution": [p.width, p.height],
             "model": {"id": self.model_id, "name": self.pipe.name, "sha256": self.pipe.weights_sha256()},
             "device": str(self.device),
-            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "dtype": str(self.pipe.dtype).removeprefix("torch."),
             "script": self.resolved_script(),
             "generation": {
                 "run": self.run_key,

@@ -211,7 +211,7 @@ def packing_on(layout: SequenceLayout, n_cached_segments: int, use_cache: bool, 
     """:func:`build_packing` with its index tensors on ``device``, and the new segments' shots there too (``-1`` for
     global segments), built once per (layout, prefix, device): no host-to-device copy in a sampling step."""
     pack = build_packing(layout, n_cached_segments, use_cache)
-    seg_shot = torch.tensor([layout.segments[i].shot for i in pack.new_segments], dtype=torch.long)
+    seg_shot = layout.segment_shot[list(pack.new_segments)]
     return pack.to(device), seg_shot.to(device)
 
 
