@@ -489,3 +489,40 @@ def test_qk_norm_runs_in_the_input_dtype_under_bf16_autocast() -> None:
         warnings.filterwarnings("error", message=".*Mismatch dtype.*")
         out = model(xs, t, ctx, layout)
     assert torch.allclose(out.float(), model(xs, t, ctx, layout), atol=0.1)
+
+
+# ------------------------------------------------------------------------------------------ depth growth
+
+
+def test_grown_model_computes_what_the_shallow_one_did():
+    from storyreel.train.grow import block_placement, grow_state
+
+    small = perturbed(dataclasses.replace(CFG, depth=3), seed=3)
+    big = MultiShotMMDiT(dataclasses.replace(CFG, depth=7)).eval()
+    big.load_state_dict(grow_state(small.state_dict(), big.state_dict()))
+    place = block_placement(3, 7)
+    assert place == [0, 3, 6]
+    for old, new in enumerate(place):  # trained blocks land where placed, bit for bit
+        for name, p in small.blocks[old].state_dict().items():
+            assert torch.equal(big.blocks[new].state_dict()[name], p), (old, new, name)
+    # an inserted block copies the trained one before it, except for its zeroed residual gates
+    ada_new, ada_src = big.blocks[4].vid.ada.linear.weight, small.blocks[1].vid.ada.linear.weight
+    h = CFG.hidden
+    assert torch.equal(ada_new[:2 * h], ada_src[:2 * h]) and not ada_new[2 * h:3 * h].any() and not ada_new[5 * h:].any()
+    assert torch.equal(big.blocks[4].vid.qkv.weight, small.blocks[1].vid.qkv.weight)
+    layout = scene([(2, 2, 2), (1, 2, 2)], global_len=2)
+    x, ctx = inputs(layout)
+    t = torch.tensor([[0.3, 0.8], [0.9, 0.1]])
+    with torch.no_grad():
+        assert torch.allclose(big(x, t, ctx, layout), small(x, t, ctx, layout), atol=1e-5)
+
+
+def test_depth_growth_refuses_what_it_cannot_grow():
+    from storyreel.train.grow import block_placement, grow_state
+
+    with pytest.raises(ValueError, match="old depth <= new depth"):
+        block_placement(4, 3)
+    wide = MultiShotMMDiT(dataclasses.replace(CFG, hidden=48, heads=3)).state_dict()
+    deep = MultiShotMMDiT(dataclasses.replace(CFG, depth=4)).state_dict()
+    with pytest.raises(ValueError, match="in the trained model"):
+        grow_state(wide, deep)

@@ -491,3 +491,25 @@ def test_debug_recipe_trains_on_cuda_in_bf16(data_dir, tmp_path):
     assert next(trainer.raw.parameters()).dtype == torch.float32  # master weights stay float32
     rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert rec["mfu"] is None or 0 < rec["mfu"] < 1
+
+
+def test_init_grow_starts_a_deeper_model_from_a_trained_one(data_dir, tmp_path):
+    from storyreel.pretrained import CheckpointError
+
+    src = tmp_path / "shallow"
+    run_from_config("debug", [f"data.path={data_dir}", f"output.dir={src}", "train.device=cpu",
+                              "output.progress=false", "train.steps=2"])
+    with pytest.raises(CheckpointError, match="missing"):  # a deeper model does not load the weights as they are
+        build_trainer(debug(data_dir, tmp_path / "plain", "model.overrides.depth=4", f"model.init_from={src}"))
+    trainer = build_trainer(debug(data_dir, tmp_path / "deep", "model.overrides.depth=4", f"model.init_from={src}",
+                                  "model.init_grow=true", "train.steps=2"))
+    from safetensors.torch import load_file
+
+    ema = load_file(str(src / "checkpoints" / "step-000002" / "ema" / "model.safetensors"))
+    state = trainer.raw.state_dict()
+    assert len(trainer.raw.blocks) == 4
+    for name in ema:  # debug depth 2 → blocks 0 and 3
+        new = name.replace("blocks.1.", "blocks.3.") if name.startswith("blocks.1.") else name
+        assert torch.equal(state[new], ema[name]), name
+    for _ in trainer.steps():
+        pass

@@ -95,6 +95,9 @@ class ModelConfig:
     latent_scale: float | None = None  # None: the autoencoder's own scaling factor (or 1)
     init_from: str | None = None  # checkpoint or model folder to start from (e.g. bidirectional weights)
     init_weights: Literal["ema", "model"] = "ema"
+    # kind=scene: init_from has fewer transformer blocks than the model; its blocks are spread over the deeper
+    # stack (first to first, last to last) and the blocks between start as identities (storyreel.train.grow)
+    init_grow: bool = False
     freeze_encoder: bool = False  # kind=vae: train the decoder only, from init_from (its latents stay valid)
     backend: str = "auto"  # attention backend
 
@@ -102,6 +105,8 @@ class ModelConfig:
         _check(bool(self.name), "model.name", self.name, "name a model preset, e.g. 'debug'")
         _check(self.text_len >= 1, "model.text_len", self.text_len, "need >= 1 token per prompt")
         _choice("model.init_weights", self.init_weights, ("ema", "model"))
+        _check(self.init_from is not None or not self.init_grow, "model.init_grow", self.init_grow,
+               "growth starts from trained weights; set model.init_from to a shallower model of the same width")
         _check(self.latent_scale is None or self.latent_scale > 0, "model.latent_scale", self.latent_scale, "use null or > 0")
         _choice("model.backend", self.backend, ("auto", "dense", "grouped", "flex"))
 

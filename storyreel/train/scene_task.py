@@ -81,10 +81,12 @@ def build_model_config(recipe: Recipe, *, text_dim: int, latent_channels: int) -
         raise RecipeError(f"model: {err}") from err
 
 
-def load_init_weights(model: nn.Module, source: str | Path, *, prefer: str = "ema") -> Path:
+def load_init_weights(model: nn.Module, source: str | Path, *, prefer: str = "ema", grow: bool = False) -> Path:
     """Initialise ``model`` from a model folder (``config.json`` + ``model.safetensors``) or a training checkpoint
     (run folder / ``step-*``; its ``ema`` or ``model`` weights). Only names and shapes must match, so a
-    bidirectional checkpoint can seed a context-causal model (LCT §3.3). Returns the weights file used."""
+    bidirectional checkpoint can seed a context-causal model (LCT §3.3). ``grow``: the source may have fewer
+    transformer blocks of the same width; they are spread over the model's and the rest start as identities
+    (:func:`storyreel.train.grow.grow_state`). Returns the weights file used."""
     src = Path(source)
     if (src / WEIGHTS_NAME).is_file() and (src / CONFIG_NAME).is_file():
         weights = src / WEIGHTS_NAME
@@ -97,6 +99,13 @@ def load_init_weights(model: nn.Module, source: str | Path, *, prefer: str = "em
         weights = folder / WEIGHTS_NAME
     state = load_weights(weights)
     own = model.state_dict()
+    if grow:
+        from storyreel.train.grow import grow_state
+
+        try:
+            state = grow_state(state, own)
+        except ValueError as err:
+            raise CheckpointError(f"model.init_grow from {weights}: {err}") from err
     check_state_matches(state, own, source=weights, what=f"{type(model).__name__} built from the recipe")
     model.load_state_dict(state)
     return weights
@@ -172,7 +181,7 @@ class SceneTask(WindowTask):
         self.model_config = build_model_config(recipe, text_dim=self.text_encoder.dim, latent_channels=self.autoencoder.latent_channels)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model = MultiShotMMDiT(self.model_config)
-        self.init_source = load_init_weights(self.model, mc.init_from, prefer=mc.init_weights) if mc.init_from else None
+        self.init_source = load_init_weights(self.model, mc.init_from, prefer=mc.init_weights, grow=mc.init_grow) if mc.init_from else None
         self.model.to(device)
         self.index = SceneIndex(data.path, cache=data.cache_scenes)
         self.sampler = WindowSampler(self.index, data, seed=tc.seed)
