@@ -160,3 +160,36 @@ def test_bench_command_help_and_errors(tmp_path, one_thread):
     assert ok.exit_code == 0, ok.output
     text = (tmp_path / "bench-masks.md").read_text(encoding="utf-8")
     assert text.count("not available") == 5 and "| ground truth" in text
+
+
+def test_pattern_transfer_probe_integrates_like_the_sampler():
+    """benchmarks/pattern_transfer.py re-implements the Euler loop to see the clean estimates; it must land where
+    the library's sampler does, and its last estimate is the result."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from storyreel.sampling import strategies
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        probe = importlib.import_module("pattern_transfer")
+    finally:
+        sys.path.pop(0)
+    g = torch.Generator().manual_seed(0)
+    hist, noise = torch.randn(1, 2, 2, 3, 3, generator=g), torch.randn(1, 2, 1, 3, 3, generator=g)
+    w = torch.randn(2, 2, generator=g)
+
+    def model_fn(latents, t_row):  # a velocity that depends on the state, the shot's t and the history
+        return [torch.einsum("oc,bcthw->bothw", w, z) * t_row[0, s] + latents[0].mean() for s, z in enumerate(latents)]
+
+    grid = strategies.shot_timestep_grid(5, generate=[False, True])
+    want = strategies.sample_segments(model_fn, [hist, noise], [0, 1], grid)
+    rec = probe.Recorder()
+    got = rec(model_fn, [hist, noise], [0, 1], grid)
+    assert all(torch.allclose(a, b) for a, b in zip(got, want))
+    assert torch.equal(got[0], hist)  # the held condition does not move
+    assert [round(t, 3) for t, _ in rec.estimates] == [round(float(t), 3) for t in grid[:, 0, 1]]
+    assert torch.equal(rec.estimates[-1][1], got[-1])
+    t0, x0 = rec.estimates[0]
+    assert t0 == 1.0 and torch.allclose(x0, noise - model_fn([hist, noise], grid[0])[1])
