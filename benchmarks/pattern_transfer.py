@@ -71,6 +71,18 @@ class Recorder:
         return out
 
 
+def last_shot_patterns(video: list, script, last: int) -> list[tuple[str, str, float]]:
+    """``(pattern in the history, pattern in shot last, its dark share)`` of every character of shot ``last`` that the
+    history shows too, from the appearance-consistency items of ``video``."""
+    found = []
+    for it in score_scene(video, script)["appearance_consistency"].items:
+        if last in it["shots"] and len(it["shots"]) >= 2:
+            j = it["shots"].index(last)
+            history = next(p for s, p in zip(it["shots"], it["patterns"]) if s != last)
+            found.append((history, it["patterns"][j], float(it["dark_share"][j])))
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -102,25 +114,17 @@ def main() -> None:
         pipe.generate(script, mode="extend", steps=steps, writer=MemoryRun(truth[:-1], width, height))
         last = script.n_shots - 1
         ae_last = through_autoencoder(pipe, truth[-1:])[0]  # the ceiling: shot 4 as drawn, through the autoencoder
-        for it in score_scene([*truth[:-1], ae_last], script)["appearance_consistency"].items:
-            if last in it["shots"] and len(it["shots"]) >= 2:
-                j = it["shots"].index(last)
-                true_pat = next(p for s, p in zip(it["shots"], it["patterns"]) if s != last)
-                confusion_ae[(true_pat, it["patterns"][j])] += 1
+        for true_pat, got, _ in last_shot_patterns([*truth[:-1], ae_last], script, last):
+            confusion_ae[(true_pat, got)] += 1
         for i, (t, x0) in enumerate(rec.estimates):
             if i % args.every and i != len(rec.estimates) - 1:
                 continue
             frames = decode_frames(pipe.autoencoder, x0, truth[-1].shape[0], latent_scale=pipe.latent_scale)
-            scores = score_scene([*truth[:-1], frames], script)
-            for it in scores["appearance_consistency"].items:
-                if last not in it["shots"] or len(it["shots"]) < 2:
-                    continue
-                j = it["shots"].index(last)
-                true_pat = next(p for s, p in zip(it["shots"], it["patterns"]) if s != last)
-                dark[(t, true_pat)].append(float(it["dark_share"][j]))
-                agree[t].append(it["patterns"][j] == true_pat)
+            for true_pat, got, share in last_shot_patterns([*truth[:-1], frames], script, last):
+                dark[(t, true_pat)].append(share)
+                agree[t].append(got == true_pat)
                 if t == 0.0:
-                    confusion[(true_pat, it["patterns"][j])] += 1
+                    confusion[(true_pat, got)] += 1
         print(f"{k + 1}/{args.n} scripts, {time.perf_counter() - t0:.0f} s", flush=True)
     wall = time.perf_counter() - t0
 

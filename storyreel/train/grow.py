@@ -48,7 +48,7 @@ def grow_state(state: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str,
     place = block_placement(old_depth, new_depth)
     source_of: dict[int, int] = {new: old for old, new in enumerate(place)}
     names = [{k[len(f"blocks.{o}."):] for k in state if k.startswith(f"blocks.{o}.")} for o in range(old_depth)]
-    out = {k: v for k, v in target.items()}
+    out = dict(target)
     for key, value in state.items():
         if not _BLOCK.match(key):
             if key not in target or target[key].shape != value.shape:
