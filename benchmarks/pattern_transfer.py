@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20, help="held-out scripts (4 shots each)")
     ap.add_argument("--first", type=int, default=0, help="index of the first held-out script")
     ap.add_argument("--every", type=int, default=4, help="decode the clean estimate every this many steps (and the end)")
+    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the pipeline's)")
     ap.add_argument("--history-guidance", type=float, default=None, help="history guidance weight (default: the pipeline's)")
     ap.add_argument("--text-cache", type=Path, default=None, help="prompt states written by default_model.py --write-text-cache")
     ap.add_argument("--out", type=Path, default=None)
@@ -98,6 +99,8 @@ def main() -> None:
     pipe = ScenePipeline.from_pretrained(args.model, device=args.device)
     if args.text_cache is not None:
         load_text_cache(pipe, args.text_cache)
+    if args.guidance is not None:
+        pipe.defaults = dataclasses.replace(pipe.defaults, guidance=args.guidance)
     if args.history_guidance is not None:
         pipe.defaults = dataclasses.replace(pipe.defaults, history_guidance=args.history_guidance)
     steps = pipe.defaults.steps
@@ -137,6 +140,7 @@ def main() -> None:
         f"steps {steps}, guidance {pipe.defaults.guidance}, history guidance {pipe.defaults.history_guidance:g}; wall time {wall:.0f} s",
         f"- command: `python benchmarks/pattern_transfer.py --n {args.n}" + (f" --first {args.first}" if args.first else "")
         + (f" --model {args.model}" if args.model != "default" else "")
+        + (f" --guidance {args.guidance:g}" if args.guidance is not None else "")
         + (f" --history-guidance {args.history_guidance:g}" if args.history_guidance is not None else "") + "`",
         "- shot 4 generated with shots 1-3 as clean ground-truth history; at noise level t the sampler's clean estimate "
         "`x_t - t·v` is decoded and measured; t = 0 is the finished shot. Dark share: 0 solid, 0.15 dots, 0.45 stripes "
