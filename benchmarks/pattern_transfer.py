@@ -34,7 +34,6 @@ from _machine import cpu_name, emit  # noqa: E402  (benchmarks/ is on sys.path w
 from default_model import MemoryRun, held_out, load_text_cache, through_autoencoder  # noqa: E402
 
 import storyreel.sampling.strategies as strategies  # noqa: E402
-from storyreel.diffusion.solvers import euler_step  # noqa: E402
 from storyreel.eval import score_scene  # noqa: E402
 from storyreel.pipelines.scene import ScenePipeline  # noqa: E402
 from storyreel.scene_inputs import decode_frames  # noqa: E402
@@ -44,29 +43,27 @@ PATTERNS = ("solid", "dots", "stripes")
 
 
 class Recorder:
-    """Stands in for ``strategies.sample_segments`` (Euler only): the same integration, and at every step the
-    clean estimate ``x - t·v`` of the last segment (the shot being generated) is kept."""
+    """Stands in for ``strategies.sample_segments`` (Euler only): the library's own integration, with the model
+    function wrapped so that at every step the clean estimate ``x - t·v`` of the last segment (the shot being
+    generated) is kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, sample_segments=strategies.sample_segments) -> None:  # noqa: ANN001
+        self._sample = sample_segments
         self.estimates: list[tuple[float, torch.Tensor]] = []
 
     def __call__(self, model_fn, latents, seg_shot, timesteps, *, solver="euler", callback=None):  # noqa: ANN001
         if solver != "euler":
-            raise ValueError("the probe integrates with Euler, the shipped solver")
-        latents = list(latents)
-        shapes = [tuple(z.shape) for z in latents]
-        expand = strategies._expander(shapes, seg_shot)
-        x = strategies.pack_segments(latents)
-        ts = timesteps.to(x.device)
+            raise ValueError("the probe records one estimate per step, i.e. Euler, the shipped solver")
+        shot = list(seg_shot)[-1]
         self.estimates = []
-        for i in range(ts.shape[0] - 1):
-            t, t_next = expand(ts[i]).to(x), expand(ts[i + 1]).to(x)
-            with torch.no_grad():
-                v = strategies.pack_segments(model_fn(strategies.unpack_segments(x, shapes), ts[i]))
-                x0 = strategies.unpack_segments(x - t * v, shapes)[-1]
-                self.estimates.append((float(ts[i].max()), x0.clone()))
-                x = euler_step(x, v, t, t_next)
-        out = strategies.unpack_segments(x, shapes)
+
+        def recording(lat, t_row):  # noqa: ANN001
+            v = model_fn(lat, t_row)
+            t = t_row[:, shot].reshape(-1, *([1] * (lat[-1].ndim - 1))).to(lat[-1])
+            self.estimates.append((float(t_row[:, shot].max()), (lat[-1] - t * v[-1]).clone()))
+            return v
+
+        out = self._sample(recording, latents, seg_shot, timesteps, solver=solver, callback=callback)
         self.estimates.append((0.0, out[-1].clone()))
         return out
 
