@@ -2,6 +2,10 @@
 
 A model class opts in by inheriting :class:`PretrainedMixin` and setting ``config_class`` to its
 keyword-only config dataclass; the instance keeps that config in ``self.config``.
+
+Weights larger than :data:`MAX_SHARD_BYTES` (16 MiB, the per-file limit of shipped weights) are split into
+``model-00001-of-0000N.safetensors`` … with a ``model.safetensors.index.json`` that maps every tensor to its file
+(the layout Hugging Face libraries use); :func:`load_folder_state` reads either form.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from storyreel.utils import atomic_path, atomic_write
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+#: Largest weights file ``save_pretrained`` writes; bigger states are sharded.
+MAX_SHARD_BYTES = 16 * 2**20
 
 T = TypeVar("T", bound="PretrainedMixin")
 
@@ -67,6 +74,103 @@ def state_mismatches(
     return missing, unexpected, shapes
 
 
+def _tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def shard_state(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Split ``state`` into groups of at most ``max_bytes`` of tensor data (in key order; a tensor larger than
+    ``max_bytes`` gets a file of its own). One group when everything fits."""
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(state):
+        n = _tensor_bytes(state[key])
+        if shards[-1] and size + n > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = state[key]
+        size += n
+    return shards
+
+
+def shard_name(i: int, n: int) -> str:
+    """File name of shard ``i`` (0-based) of ``n``."""
+    return f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+def weight_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """The weights files of a model folder: ``model.safetensors``, or the shards its index names. Raises
+    :class:`CheckpointError` naming what is missing."""
+    root = Path(directory)
+    index = root / INDEX_NAME
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{index} is not a valid shard index ({err}); re-save the model.") from err
+        missing = [n for n in names if not (root / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} names shard(s) {missing} that are not in {root}; copy the whole folder again.")
+        return [root / n for n in names]
+    if (root / WEIGHTS_NAME).is_file():
+        return [root / WEIGHTS_NAME]
+    raise CheckpointError(f"missing weights file {root / WEIGHTS_NAME}; the folder holds no {WEIGHTS_NAME} and no {INDEX_NAME}.")
+
+
+def has_weights(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds ``config.json`` and weights (single file or shard index)."""
+    root = Path(directory)
+    return (root / CONFIG_NAME).is_file() and ((root / WEIGHTS_NAME).is_file() or (root / INDEX_NAME).is_file())
+
+
+def load_folder_state(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder (single file or shards); a corrupt file raises :class:`CheckpointError`."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(directory):
+        try:
+            part = load_file(str(path), device=str(device))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"cannot read {path}: {err}. The file is corrupt or truncated; re-save it.") from err
+        dup = sorted(set(part) & set(state))
+        if dup:
+            raise CheckpointError(f"{path} repeats tensors of another shard ({dup[:4]}); re-save the model.")
+        state.update(part)
+    return state
+
+
+def write_state(directory: str | os.PathLike[str], state: dict[str, torch.Tensor], *, metadata: dict[str, str] | None = None,
+                max_shard_bytes: int = MAX_SHARD_BYTES) -> list[Path]:
+    """Write ``state`` into ``directory`` as ``model.safetensors`` or, if larger than ``max_shard_bytes``, as shards
+    plus an index; each file atomically, the index (or single file) last, then weights files of an earlier save
+    that the new one does not use are removed. Returns the files written."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    shards = shard_state(state, max_shard_bytes)
+    written: list[Path] = []
+    if len(shards) == 1:
+        with atomic_path(root / WEIGHTS_NAME) as tmp:
+            save_file(shards[0], str(tmp), metadata=metadata)
+        written.append(root / WEIGHTS_NAME)
+    else:
+        weight_map = {}
+        for i, part in enumerate(shards):
+            name = shard_name(i, len(shards))
+            with atomic_path(root / name) as tmp:
+                save_file(part, str(tmp), metadata=metadata)
+            written.append(root / name)
+            weight_map.update(dict.fromkeys(part, name))
+        total = sum(_tensor_bytes(t) for t in state.values())
+        with atomic_write(root / INDEX_NAME, "w") as fh:
+            json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, fh, indent=1)
+        written.append(root / INDEX_NAME)
+    stale = [p for p in (root / WEIGHTS_NAME, root / INDEX_NAME, *root.glob("model-*-of-*.safetensors")) if p not in written]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return written
+
+
 class PretrainedMixin:
     """Adds ``save_pretrained(dir)`` / ``from_pretrained(dir)`` to an ``nn.Module`` with a dataclass config."""
 
@@ -74,8 +178,9 @@ class PretrainedMixin:
     config: Any
 
     def save_pretrained(self, directory: str | os.PathLike[str], *, extra: dict[str, Any] | None = None,
-                        dtype: torch.dtype | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``.
+                        dtype: torch.dtype | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` atomically into ``directory`` (shards and an index when
+        the weights exceed ``max_shard_bytes``, see :func:`write_state`).
 
         ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors in that type to save space;
         ``from_pretrained`` loads them back into the model's own (fp32) parameters."""
@@ -85,8 +190,7 @@ class PretrainedMixin:
             raise ValueError(f"dtype must be a floating-point torch dtype (e.g. torch.float16), got {dtype}")
         state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
                  for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
-        with atomic_path(out / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"class": type(self).__name__})
+        write_state(out, state, metadata={"class": type(self).__name__}, max_shard_bytes=max_shard_bytes)
         payload = {"_class": type(self).__name__, **config_to_dict(self.config), **({"_extra": extra} if extra else {})}
         with atomic_write(out / CONFIG_NAME, "w") as fh:
             json.dump(payload, fh, indent=2, sort_keys=True)
@@ -115,16 +219,12 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls: type[T], directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> T:
-        """Build the model from ``directory/config.json`` and load ``model.safetensors`` strictly."""
+        """Build the model from ``directory/config.json`` and load its weights (one file or shards) strictly."""
         config = cls.load_config(directory)
         model = cls(config)  # type: ignore[call-arg]
-        weights = Path(directory) / WEIGHTS_NAME
-        if not weights.is_file():
-            raise CheckpointError(f"missing weights file {weights}; the folder holds a config but no {WEIGHTS_NAME}.")
-        try:
-            state = load_file(str(weights), device=str(device))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"cannot read {weights}: {err}. The file is corrupt or truncated; re-save it.") from err
+        files = weight_files(directory)
+        weights = files[0] if len(files) == 1 else Path(directory) / INDEX_NAME
+        state = load_folder_state(directory, device=device)
         missing, unexpected, shape_bad = state_mismatches(state, model.state_dict())  # type: ignore[attr-defined]
         if missing or unexpected or shape_bad:
             raise CheckpointError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -286,6 +287,38 @@ def test_save_pretrained_roundtrip(tmp_path) -> None:
     x, ctx = inputs(layout)
     t = torch.rand(2, 2)
     assert torch.equal(model(x, t, ctx, layout), loaded(x, t, ctx, layout))
+
+
+def test_save_pretrained_shards_large_weights_and_loads_them_back(tmp_path) -> None:
+    from storyreel.pretrained import INDEX_NAME, WEIGHTS_NAME, CheckpointError, shard_state
+
+    model = perturbed(CFG)
+    state = model.state_dict()
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    limit = total // 3 + 1
+    model.save_pretrained(tmp_path / "m", max_shard_bytes=limit)
+    shards = sorted((tmp_path / "m").glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 3 and not (tmp_path / "m" / WEIGHTS_NAME).exists()
+    index = json.loads((tmp_path / "m" / INDEX_NAME).read_text())
+    assert set(index["weight_map"]) == set(state) and index["metadata"]["total_size"] == total
+    biggest = max(v.numel() * v.element_size() for v in state.values())
+    assert all(p.stat().st_size <= max(limit, biggest) + 64 * 1024 for p in shards)  # header + data per file
+    loaded = MultiShotMMDiT.from_pretrained(tmp_path / "m")
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())
+    # saving again unsharded replaces the shards (no stale files left to confuse a loader)
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / WEIGHTS_NAME).is_file() and not (tmp_path / "m" / INDEX_NAME).exists()
+    assert not list((tmp_path / "m").glob("model-*-of-*.safetensors"))
+    # a missing shard is named
+    model.save_pretrained(tmp_path / "s", max_shard_bytes=limit)
+    victim = sorted((tmp_path / "s").glob("model-*-of-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(CheckpointError, match=victim.name):
+        MultiShotMMDiT.from_pretrained(tmp_path / "s")
+    # the split keeps every tensor once, in at most max_bytes per group unless a tensor alone is bigger
+    groups = shard_state(state, limit)
+    assert sorted(k for g in groups for k in g) == sorted(state)
+    assert all(sum(v.numel() * v.element_size() for v in g.values()) <= limit or len(g) == 1 for g in groups)
 
 
 def test_bad_inputs_name_both_sides() -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from storyreel.diffusion import expand_shot_timesteps, flow_target, noise_latents
-from storyreel.pretrained import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+from storyreel.pretrained import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, CheckpointError, has_weights, load_folder_state, weight_files
 from storyreel.train.batching import BatchBuilder, TrainBatch, WindowSampler
 from storyreel.train.checkpoint import check_state_matches, load_weights, resolve_checkpoint
 from storyreel.train.config import Recipe, RecipeError
@@ -88,8 +88,10 @@ def load_init_weights(model: nn.Module, source: str | Path, *, prefer: str = "em
     transformer blocks of the same width; they are spread over the model's and the rest start as identities
     (:func:`storyreel.train.grow.grow_state`). Returns the weights file used."""
     src = Path(source)
-    if (src / WEIGHTS_NAME).is_file() and (src / CONFIG_NAME).is_file():
-        weights = src / WEIGHTS_NAME
+    if has_weights(src):  # a model folder (one weights file or shards)
+        files = weight_files(src)
+        weights = files[0] if len(files) == 1 else src / INDEX_NAME
+        state = load_folder_state(src)
     else:
         try:
             ckpt = resolve_checkpoint(src)
@@ -97,7 +99,7 @@ def load_init_weights(model: nn.Module, source: str | Path, *, prefer: str = "em
             raise CheckpointError(f"model.init_from={str(src)!r}: {err}") from err
         folder = ckpt / prefer if (ckpt / prefer / WEIGHTS_NAME).is_file() else ckpt / "model"
         weights = folder / WEIGHTS_NAME
-    state = load_weights(weights)
+        state = load_weights(weights)
     own = model.state_dict()
     if grow:
         from storyreel.train.grow import grow_state
@@ -143,7 +145,8 @@ class WindowTask:
     def describe(self, batch: TrainBatch) -> dict[str, Any]:
         plan = batch.plan
         return {"stage": plan.stage.name, "n_shots": plan.n_shots, "images": sum(plan.image_shots),
-                "cond_mask": float(batch.cond_mask.float().mean()), "text_dropped": float(batch.dropped.float().mean())}
+                "cond_mask": float(batch.cond_mask.float().mean()), "text_dropped": float(batch.dropped.float().mean()),
+                "causal": float(batch.causal)}
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()  # type: ignore[attr-defined]
@@ -189,7 +192,7 @@ class SceneTask(WindowTask):
             sampler=self.sampler, text_encoder=self.text_encoder, autoencoder=self.autoencoder, data=data,
             schedule=recipe.schedule, timesteps=tc.timesteps, cond_mask_prob=tc.cond_mask_prob, batch_size=tc.batch_size,
             patch_size=self.model_config.patch_size, text_len=mc.text_len, latent_scale=scale, seed=tc.seed, rank=rank,
-            world_size=world_size, device=device, character_weight=tc.character_weight,
+            world_size=world_size, device=device, character_weight=tc.character_weight, causal_prob=tc.causal_prob,
         )
 
     # -- Task protocol ----------------------------------------------------------------------------
@@ -199,7 +202,8 @@ class SceneTask(WindowTask):
         t_frames = expand_shot_timesteps(batch.t, batch.frames_per_shot)  # [B, 1, T_total, 1, 1]
         xt = noise_latents(batch.latents, batch.noise, t_frames)  # [B, C, T_total, h, w]
         target = flow_target(batch.latents, batch.noise)
-        pred = model(xt, batch.t, batch.context, batch.layout, backend=self.recipe.model.backend)
+        policy = "causal_shots" if batch.causal else None  # None: the model's own attention policy
+        pred = model(xt, batch.t, batch.context, batch.layout, backend=self.recipe.model.backend, policy=policy)
         loss, per_shot = shot_loss(pred, target, batch.frames_per_shot, batch.weights, batch.cell_weights)
         return loss, {"loss_last_shot": last_shot_loss(per_shot, batch.weights)}
 
@@ -219,4 +223,5 @@ class SceneTask(WindowTask):
             "frames": data.frames,
             "frame_stride": data.frame_stride,
             "init_from": str(self.init_source) if self.init_source else None,
+            "causal_prob": self.recipe.train.causal_prob,
         }
