@@ -333,6 +333,47 @@ def test_save_and_load_round_trip(tmp_path, pipe, pipe_dir):
     assert json.loads((pipe_dir / "pipeline.json").read_text())["autoencoder"] == {"name": "patch", "kwargs": {"patch": [1, 2, 2]}}
 
 
+def test_shared_causal_serves_causal_mode_with_the_scene_weights(tmp_path, pipe):
+    shared = ScenePipeline(scene=pipe.scene, causal="shared", autoencoder=pipe.autoencoder, text_encoder=pipe.text_encoder,
+                           defaults=pipe.defaults, autoencoder_spec=pipe.autoencoder_spec, text_encoder_spec=pipe.text_encoder_spec)
+    assert shared.causal_shared and shared.causal.config.attn_policy == "causal_shots"
+    assert shared.causal.config.depth == pipe.scene.config.depth
+    scene_params = dict(pipe.scene.named_parameters())
+    assert all(p is scene_params[n] for n, p in shared.causal.named_parameters())  # the same objects, nothing copied
+    script = make_script(3)
+    with_cache = shared.generate(script, mode="causal")
+    recomputed = shared.generate(script, mode="causal", kv_cache=False)
+    assert all((a - b).abs().max().item() <= 1e-5 for a, b in zip(with_cache.latents, recomputed.latents))
+    # context-causal attention, not the scene model's: differs from joint mode's video and from the separate causal twin
+    joint = shared.generate(script, mode="joint")
+    assert not torch.equal(with_cache.latents[0], joint.latents[0])
+    # saved once: pipeline.json says "shared", no causal/ folder; loading restores the sharing and the same video
+    folder = shared.save_pretrained(tmp_path / "shared")
+    assert json.loads((folder / "pipeline.json").read_text())["causal"] == "shared" and not (folder / "causal").exists()
+    loaded = ScenePipeline.from_pretrained(folder)
+    assert loaded.causal_shared and loaded.weights_sha256() == shared.weights_sha256()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.generate(script, mode="causal").latents, with_cache.latents))
+    loaded.to("cpu", "bf16")  # casting the scene model casts the shared causal view with it
+    assert all(p.dtype == torch.bfloat16 for p in loaded.causal.parameters())
+    with pytest.raises(ValueError, match="'sharde' is not a model"):
+        ScenePipeline(scene=pipe.scene, causal="sharde", autoencoder=pipe.autoencoder, text_encoder=pipe.text_encoder)
+
+
+def test_export_shared_causal_needs_causal_training(tmp_path):
+    from storyreel.pipelines.export import main as export_main
+
+    extra = {"text_encoder": "hashing", "text_encoder_kwargs": {"dim": 64}, "text_len": 8, "autoencoder": "patch",
+             "autoencoder_kwargs": {"patch": [1, 2, 2]}, "latent_scale": 1.0, "global_prompt": True, "frames": 3}
+    cfg = get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3)
+    MultiShotMMDiT(cfg).save_pretrained(tmp_path / "bidir", extra={**extra, "causal_prob": 0.0})
+    with pytest.raises(GenerationError, match=r"trained without context-causal batches.*train.causal_prob=0.3"):
+        ScenePipeline.from_model_folders(tmp_path / "bidir", causal="shared")
+    MultiShotMMDiT(cfg).save_pretrained(tmp_path / "mixed", extra={**extra, "causal_prob": 0.35})
+    assert export_main([str(tmp_path / "mixed"), "--causal", "shared", "--out", str(tmp_path / "pipe")]) == 0
+    loaded = ScenePipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.causal_shared and loaded.trained["causal_prob"] == 0.35
+
+
 def test_trained_autoencoder_is_saved_in_the_pipeline_folder(tmp_path):
     from storyreel.autoencoders import get_autoencoder
 

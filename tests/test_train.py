@@ -72,6 +72,7 @@ def test_overrides_parse_yaml_scalars():
         ("train.timesteps.distribution=gaussian", "logit_normal"),
         ("schedule.stages.5.max_shots=2", "out of range"),
         ("train.steps.x=1", "single value"),
+        ("train.causal_prob=1.5", "train.causal_prob"),
     ],
 )
 def test_bad_overrides_raise_clear_errors(override, needle):
@@ -396,6 +397,35 @@ def test_causal_finetune_starts_from_bidirectional_weights(data_dir, tmp_path):
         pass
     saved = json.loads((tmp_path / "causal" / "checkpoints" / "step-000002" / "model" / "config.json").read_text())
     assert saved["attn_policy"] == "causal_shots" and saved["_extra"]["init_from"].endswith("model.safetensors")
+
+
+def test_causal_prob_mixes_context_causal_micro_batches(data_dir, tmp_path):
+    r = debug(data_dir, tmp_path / "mixed", "train.causal_prob=0.5", "train.steps=2", "data.single_shot_prob=0.0",
+              "data.frame_substitution=0.0")
+    task = build_trainer(r).task
+    with torch.no_grad():  # a fresh model's zero-initialised residual gates would hide the attention mask
+        for p in task.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    draws = [task.batch(step, micro).causal for step in range(24) for micro in range(2)]
+    assert 0 < sum(draws) < len(draws)  # both kinds of micro-batch occur
+    assert draws == [task.batch(step, micro).causal for step in range(24) for micro in range(2)]  # deterministic
+    step, micro = next((i // 2, i % 2) for i, c in enumerate(draws) if c)
+    batch = task.batch(step, micro)
+    assert batch.plan.n_shots >= 2
+    assert task.describe(batch)["causal"] == 1.0
+    # a causal micro-batch is the same loss as the model run with attn_policy causal_shots, and not the bidirectional one
+    loss, _ = task.loss(task.model, batch)
+    batch.causal = False
+    loss_bidir, _ = task.loss(task.model, batch)
+    causal_task = build_trainer(debug(data_dir, tmp_path / "causal", "model.attn_policy=causal_shots", "train.steps=2")).task
+    causal_task.model.load_state_dict(task.model.state_dict())
+    loss_causal, _ = causal_task.loss(causal_task.model, batch)
+    assert float(loss) == pytest.approx(float(loss_causal), rel=1e-6)
+    assert abs(float(loss) - float(loss_bidir)) > 1e-6
+    # off by default: no micro-batch is causal, and the trained model records the share for pipelines
+    plain = build_trainer(debug(data_dir, tmp_path / "plain", "train.steps=1")).task
+    assert not any(plain.batch(step, 0).causal for step in range(8))
+    assert task.extra()["causal_prob"] == 0.5
 
 
 def test_vae_recipe_trains_and_exports_a_fitted_vae(data_dir, tmp_path):

@@ -27,13 +27,15 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def export_pipeline(scene: str | Path, out: str | Path, *, causal: str | Path | None = None, dtype: str = "float32",
                     name: str | None = None, history_guidance: float | None = None,
                     history_guidance_causal: float | None = None, autoencoder: str | Path | None = None) -> Path:
-    """Build the pipeline from ``scene`` (and ``causal``) model folders and save it to ``out`` in ``dtype``;
+    """Build the pipeline from ``scene`` (and ``causal``: a model folder or ``"shared"``, see
+    :meth:`ScenePipeline.from_model_folders`) model folders and save it to ``out`` in ``dtype``;
     ``history_guidance`` (``history_guidance_causal``: its weight in causal mode) sets that sampling default in
     ``pipeline.json``; ``autoencoder`` replaces the one the scene model was trained with by a decoder-only
     fine-tune of it."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
-    pipe = ScenePipeline.from_model_folders(scene, causal=causal, name=name, autoencoder=autoencoder)
+    shared = causal is not None and str(causal) == "shared"
+    pipe = ScenePipeline.from_model_folders(scene, causal="shared" if shared else causal, name=name, autoencoder=autoencoder)
     given = {"history_guidance": history_guidance, "history_guidance_causal": history_guidance_causal}
     pipe.defaults = dataclasses.replace(pipe.defaults, **{k: v for k, v in given.items() if v is not None})
     return pipe.save_pretrained(out, dtype=DTYPES[dtype])
@@ -42,7 +44,9 @@ def export_pipeline(scene: str | Path, out: str | Path, *, causal: str | Path | 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m storyreel.pipelines.export", description=__doc__.split("\n\n")[0])
     ap.add_argument("scene", type=Path, help="bidirectional scene model folder (config.json + model.safetensors)")
-    ap.add_argument("--causal", type=Path, default=None, help="context-causal model folder (optional)")
+    ap.add_argument("--causal", type=Path, default=None,
+                    help="context-causal model folder (optional), or 'shared': causal mode uses the scene model itself "
+                         "with context-causal attention (for a scene model trained with train.causal_prob > 0)")
     ap.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage type of the weights")
     ap.add_argument("--name", default=None, help="pipeline name recorded in pipeline.json")

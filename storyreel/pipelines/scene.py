@@ -239,15 +239,36 @@ def _is_context_causal(model: MultiShotMMDiT) -> bool:
     return all(not bool((dense_mask(layout, pol) & future).any()) for pol in policies)
 
 
+def shared_causal(scene: MultiShotMMDiT) -> MultiShotMMDiT:
+    """A context-causal view of ``scene``: a model whose config is ``scene``'s with ``attn_policy="causal_shots"`` and
+    whose parameters and buffers are ``scene``'s own objects (nothing copied; moving or casting one moves both).
+
+    For weights trained with ``train.causal_prob > 0``, which saw context-causal micro-batches beside bidirectional
+    ones, so that one model serves joint and causal (KV-cache) generation."""
+    cfg = dataclasses.replace(scene.config, attn_policy="causal_shots")
+    with torch.device("meta"):
+        twin = MultiShotMMDiT(cfg)
+    pairs = list(zip(twin.named_modules(), scene.named_modules(), strict=True))
+    for (name_t, mod_t), (name_s, mod_s) in pairs:
+        if name_t != name_s or type(mod_t) is not type(mod_s):
+            raise ValueError(f"cannot share weights: module {name_t!r} ({type(mod_t).__name__}) != {name_s!r} ({type(mod_s).__name__})")
+        mod_t._parameters = mod_s._parameters  # the same dicts: the same Parameter objects
+        mod_t._buffers = mod_s._buffers
+    return twin.train(scene.training)
+
+
 class ScenePipeline:
     """Scene model (bidirectional), optional context-causal model, autoencoder and text encoder, with defaults.
+
+    ``causal="shared"`` serves causal mode with the scene model's own weights under context-causal attention
+    (:func:`shared_causal`), for a scene model trained with ``train.causal_prob > 0``.
 
     Build with :meth:`from_pretrained` (a pipeline folder, ``"default"`` or ``"debug"``), :meth:`from_model_folders`
     (training exports) or :meth:`debug`; generate with :meth:`generate` or :func:`generate_to_dir`.
     """
 
     def __init__(
-        self, *, scene: MultiShotMMDiT, autoencoder: Autoencoder, text_encoder: Any, causal: MultiShotMMDiT | None = None,
+        self, *, scene: MultiShotMMDiT, autoencoder: Autoencoder, text_encoder: Any, causal: MultiShotMMDiT | str | None = None,
         defaults: PipelineDefaults | None = None, global_prompt: bool = True, latent_scale: float = 1.0,
         text_encoder_spec: dict[str, Any] | None = None, autoencoder_spec: dict[str, Any] | None = None,
         name: str = "custom", trained: dict[str, Any] | None = None, expand_characters: bool = False,
@@ -265,9 +286,14 @@ class ScenePipeline:
                 f"text encoder width {text_encoder.dim} != scene model text_dim {cfg.text_dim}; use the text encoder "
                 "the model was trained with"
             )
+        self.causal_shared = isinstance(causal, str) and causal == "shared"
+        if isinstance(causal, str):
+            if not self.causal_shared:
+                raise ValueError(f"causal={causal!r} is not a model; pass a MultiShotMMDiT, 'shared' or None")
+            causal = shared_causal(scene)
         if causal is not None:
             if not isinstance(causal, MultiShotMMDiT):
-                raise ValueError(f"causal must be a MultiShotMMDiT or None, got {type(causal).__name__}")
+                raise ValueError(f"causal must be a MultiShotMMDiT, 'shared' or None, got {type(causal).__name__}")
             for field in ("in_channels", "text_dim", "patch_size", "text_len"):
                 if getattr(causal.config, field) != getattr(cfg, field):
                     raise ValueError(
@@ -327,7 +353,9 @@ class ScenePipeline:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype)
         self.scene.to(dev, dt)
-        if self.causal is not None:
+        if self.causal_shared:  # a view of the scene model's parameters: rebuilt on the moved ones
+            self.causal = shared_causal(self.scene).eval().requires_grad_(False)
+        elif self.causal is not None:
             self.causal.to(dev, dt)
         self.autoencoder.to(dev)
         if dt is not None:
@@ -337,7 +365,8 @@ class ScenePipeline:
     def weights_sha256(self) -> str:
         """sha256 over the weights of the scene model, causal model and autoencoder (names, shapes and bytes)."""
         if self._sha is None:
-            self._sha = _state_sha256([("scene", self.scene), ("causal", self.causal), ("autoencoder", self.autoencoder)])
+            causal = None if self.causal_shared else self.causal  # shared: the scene model's weights, hashed once
+            self._sha = _state_sha256([("scene", self.scene), ("causal", causal), ("autoencoder", self.autoencoder)])
         return self._sha
 
     # ---------------------------------------------------------------------------------- construction
@@ -426,7 +455,8 @@ class ScenePipeline:
                                   "write it with ScenePipeline.save_pretrained")
         try:
             scene = MultiShotMMDiT.from_pretrained(folder / str(meta.get("scene", "scene")), device=dev)
-            causal = MultiShotMMDiT.from_pretrained(folder / meta["causal"], device=dev) if meta.get("causal") else None
+            spec = meta.get("causal")
+            causal = (spec if spec == "shared" else MultiShotMMDiT.from_pretrained(folder / spec, device=dev)) if spec else None
             ae = _load_autoencoder(meta.get("autoencoder"), folder, dev)
             text = meta.get("text_encoder") or {}
             encoder = _build_text_encoder(text, scene.config.text_len, dev)
@@ -449,6 +479,9 @@ class ScenePipeline:
         """Assemble a pipeline from model folders exported by ``storyreel train`` (their ``config.json`` records the
         text encoder, autoencoder, text length, latent scale and global-prompt use under ``_extra``).
 
+        ``causal="shared"`` serves causal mode with the scene model itself (:func:`shared_causal`); it is refused
+        unless the scene model was trained with ``train.causal_prob > 0``.
+
         ``autoencoder`` replaces the recorded autoencoder with a folder whose encoder and latent normalisation are
         the same (a decoder-only fine-tune, ``model.freeze_encoder``); anything else is refused, since the scene
         model would read latents it was not trained on."""
@@ -466,7 +499,16 @@ class ScenePipeline:
             )
         try:
             model = MultiShotMMDiT.from_pretrained(folder, device=dev)
-            causal_model = MultiShotMMDiT.from_pretrained(causal, device=dev) if causal is not None else None
+            if str(causal) == "shared":
+                if not float(extra.get("causal_prob") or 0.0) > 0:
+                    raise GenerationError(
+                        f"{folder} was trained without context-causal batches (train.causal_prob is "
+                        f"{extra.get('causal_prob') or 0}), so its attention never saw the causal mask that causal mode "
+                        "uses; train it with --set train.causal_prob=0.3, or export a separately tuned causal model "
+                        "(--causal FOLDER, configs/scene-default-causal.yaml)")
+                causal_model: MultiShotMMDiT | str | None = "shared"
+            else:
+                causal_model = MultiShotMMDiT.from_pretrained(causal, device=dev) if causal is not None else None
             ae_name = str(extra["autoencoder"])
             ae_spec = ({"path": ae_name} if (Path(ae_name) / CONFIG_NAME).is_file()
                        else {"name": ae_name, "kwargs": dict(extra.get("autoencoder_kwargs") or {})})
@@ -475,7 +517,7 @@ class ScenePipeline:
                 ae, ae_spec = _same_encoder(ae, Path(autoencoder), dev, trained_with=ae_name)
             text = {"name": extra["text_encoder"], "kwargs": dict(extra.get("text_encoder_kwargs") or {})}
             encoder = _build_text_encoder(text, model.config.text_len, dev)
-            trained = {k: extra.get(k) for k in ("recipe", "frames", "frame_stride", "init_from") if k in extra}
+            trained = {k: extra.get(k) for k in ("recipe", "frames", "frame_stride", "init_from", "causal_prob") if k in extra}
             return cls(scene=model, causal=causal_model, autoencoder=ae, text_encoder=encoder, defaults=defaults,
                        global_prompt=bool(extra.get("global_prompt", True)), latent_scale=float(extra.get("latent_scale", 1.0)),
                        text_encoder_spec=text, autoencoder_spec=ae_spec, name=name or str(folder), trained=trained,
@@ -491,13 +533,13 @@ class ScenePipeline:
         return script.shot_prompt_text(i, expand_characters=self.expand_characters)
 
     def save_pretrained(self, directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Path:
-        """Write ``pipeline.json``, ``scene/``, ``causal/`` (if any) and ``autoencoder/`` (a trained autoencoder;
+        """Write ``pipeline.json``, ``scene/``, ``causal/`` (if any and not shared) and ``autoencoder/`` (a trained autoencoder;
         a named one such as ``patch`` is recorded by name) into ``directory``; ``dtype`` (e.g. ``torch.float16``)
         stores the weights in that type (the shipped default is saved in fp16 to fit the repository's budget)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.scene.save_pretrained(out / "scene", dtype=dtype)
-        if self.causal is not None:
+        if self.causal is not None and not self.causal_shared:
             self.causal.save_pretrained(out / "causal", dtype=dtype)
         if hasattr(self.autoencoder, "save_pretrained"):
             self.autoencoder.save_pretrained(out / "autoencoder", dtype=dtype)
@@ -508,7 +550,8 @@ class ScenePipeline:
             raise ValueError(f"cannot save autoencoder {type(self.autoencoder).__name__}: it has no save_pretrained and no name; "
                              "pass autoencoder_spec={'name': ..., 'kwargs': ...} to the pipeline")
         meta = {
-            "format": PIPELINE_FORMAT, "name": self.name, "scene": "scene", "causal": "causal" if self.causal is not None else None,
+            "format": PIPELINE_FORMAT, "name": self.name, "scene": "scene",
+            "causal": "shared" if self.causal_shared else ("causal" if self.causal is not None else None),
             "autoencoder": ae_spec, "text_encoder": self.text_encoder_spec, "global_prompt": self.global_prompt,
             "expand_characters": self.expand_characters,
             "latent_scale": self.latent_scale, "defaults": dataclasses.asdict(self.defaults), "trained": self.trained,

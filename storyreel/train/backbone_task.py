@@ -184,6 +184,9 @@ def check_backbone_recipe(recipe: Recipe) -> None:
         check_weights_dir(bc.type, bc.weights)
     except GenerationError as err:
         raise RecipeError(f"backbone.weights: {err}") from None
+    if recipe.train.causal_prob > 0:
+        raise RecipeError(f"train.causal_prob={recipe.train.causal_prob} is for storyreel's own scene model (kind: scene); a "
+                          "backbone recipe trains one attention policy, set by model.attn_policy (e.g. causal_shots)")
     step = _FRAME_STEP[bc.type]
     if (recipe.data.frames - 1) % step:
         raise RecipeError(f"data.frames={recipe.data.frames} is not 1 + {step}·k, which {bc.type}'s VAE needs (e.g. "

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # stream ids of the seeded generators (one per kind of decision)
-_PLAN, _DRAW, _SAMPLE, _TORCH = 101, 202, 303, 404
+_PLAN, _DRAW, _SAMPLE, _TORCH, _POLICY = 101, 202, 303, 404, 505
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -236,6 +236,7 @@ class TrainBatch:
     cond_mask: Tensor  # [B] bool
     sources: list[list[tuple[str, int]]] = field(default_factory=list)
     cell_weights: Tensor | None = None  # [B, 1, T_total, h, w] per-latent-cell loss weights (None: all 1)
+    causal: bool = False  # run with context-causal attention (train.causal_prob) instead of the model's policy
 
     @property
     def tokens(self) -> int:
@@ -283,7 +284,7 @@ class BatchBuilder:
         self, *, sampler: WindowSampler, text_encoder: Any, autoencoder: Any, data: DataConfig, schedule: ScheduleConfig,
         timesteps: TimestepConfig, cond_mask_prob: float, batch_size: int, patch_size: tuple[int, int, int], text_len: int,
         latent_scale: float = 1.0, seed: int = 0, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-        character_weight: float = 0.0,
+        character_weight: float = 0.0, causal_prob: float = 0.0,
     ) -> None:
         self.sampler = sampler
         self.text_encoder = text_encoder
@@ -293,6 +294,7 @@ class BatchBuilder:
         self.timesteps = timesteps
         self.cond_mask_prob = cond_mask_prob
         self.character_weight = float(character_weight)
+        self.causal_prob = float(causal_prob)
         self.batch_size = batch_size
         self.patch_size = tuple(patch_size)
         self.text_len = text_len
@@ -341,6 +343,7 @@ class BatchBuilder:
             latents=latents, noise=noise, t=t, weights=weights, context=context, layout=layout,
             frames_per_shot=frames_per_shot, plan=plan, prompts=prompts, dropped=torch.from_numpy(dropped),
             cond_mask=torch.from_numpy(cond), sources=[it["sources"] for it in items], cell_weights=cells,
+            causal=self.causal_prob > 0 and bool(_rng(self.seed, _POLICY, step, micro).random() < self.causal_prob),
         )
 
     @torch.no_grad()

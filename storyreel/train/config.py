@@ -191,6 +191,9 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     cond_mask_prob: float = 0.0  # Mask²DiT segment-level conditional mask
     character_weight: float = 0.0  # extra loss weight inside character boxes: latent cells (scene), pixels (vae); 0: plain mean
+    # kind=scene: share of micro-batches run with context-causal attention (causal_shots) instead of the model's own
+    # policy, so that one set of weights serves joint and causal (KV-cache) generation
+    causal_prob: float = 0.0
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     vae_loss: dict[str, Any] = field(default_factory=dict)  # kind=vae: keyword arguments of vae_loss
@@ -212,6 +215,7 @@ class TrainConfig:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device", self.device, "use auto, cpu, cuda or cuda:N")
         _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
         _check(0.0 <= self.cond_mask_prob <= 1.0, "train.cond_mask_prob", self.cond_mask_prob, "use a probability in [0, 1]")
+        _check(0.0 <= self.causal_prob <= 1.0, "train.causal_prob", self.causal_prob, "use a probability in [0, 1]")
         _check(self.character_weight >= 0.0, "train.character_weight", self.character_weight,
                "use >= 0 (0 weighs every latent cell alike; 4 makes a cell inside a character box count 5 times)")
 
