@@ -230,6 +230,7 @@ def report(args, pipe: ScenePipeline, steps: int, results: dict[str, list], n: i
         f"- model: {pipe.name}; {n} held-out scripts of 4 shots (seeds {HELD_OUT_BASE + args.first}…{HELD_OUT_BASE + args.first + n - 1}); "
         f"steps {steps}, guidance {pipe.defaults.guidance}, history guidance {hg_text(pipe.defaults)}; wall time {wall:.0f} s" + ("" if n == args.n else f" (partial: {n} of {args.n})"),
         f"- command: `python benchmarks/default_model.py --n {args.n}" + (f" --first {args.first}" if args.first else "")
+        + (f" --model {args.model}" if args.model != "default" else "")
         + (f" --device {args.device}" if args.device != "cpu" else "")
         + (f" --guidance {args.guidance:g}" if args.guidance is not None else "")
         + (f" --history-guidance {args.history_guidance:g}" if args.history_guidance is not None else "")
