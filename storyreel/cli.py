@@ -122,6 +122,7 @@ def data_synth(
     per_shard: Annotated[int, typer.Option("--per-shard", min=1, help="Scenes per shard.")] = 256,
     long_take: Annotated[float, typer.Option("--long-take", min=0.0, max=1.0, help="Probability that a shot continues the previous one without a cut.")] = 0.1,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Processes that render scenes (the dataset is identical for any value).")] = 1,
+    pattern_redraws: Annotated[int, typer.Option("--pattern-redraws", min=1, help="Write every scene this many times, the characters' unspoken patterns re-drawn in all copies but the first, so a model can only learn a pattern from the other shots of a sample.")] = 1,
 ) -> None:
     """Write a sharded StoryWorld dataset (resumable: re-running skips finished shards)."""
     from storyreel.data.synth import synth_storyworld
@@ -129,8 +130,9 @@ def data_synth(
     path = synth_storyworld(
         out, n_scenes=scenes, seed=seed, scenes_per_shard=per_shard, n_shots=shots,
         resolution=(size, size), frames=frames, fps=fps, long_take_prob=long_take, progress=True, workers=workers,
+        pattern_redraws=pattern_redraws,
     )
-    console.print(f"[green]wrote[/] {scenes} scenes to {path}", highlight=False)
+    console.print(f"[green]wrote[/] {scenes * pattern_redraws} scenes to {path}", highlight=False)
 
 
 from storyreel.ingest.cli import ingest_command  # noqa: E402  (light: typer/rich only; the pipeline loads on use)

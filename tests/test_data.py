@@ -370,6 +370,33 @@ def test_synth_storyworld_writes_readable_scenes(tmp_path):
                                            ref.shots[0].boxes[0][0].x1, ref.shots[0].boxes[0][0].y1]
 
 
+def test_pattern_redraws_repeat_each_scene_with_new_patterns_only(tmp_path):
+    path = synth_storyworld(tmp_path / "sw", n_scenes=4, seed=7, scenes_per_shard=5, pattern_redraws=3, **SYNTH)
+    m = read_manifest(path)
+    assert m["scene_count"] == 12 and m["params"]["pattern_redraws"] == 3
+    items = list(SceneDataset(path))
+    assert [it["key"] for it in items] == [k for j in range(4) for k in (f"{j:08d}", f"{j:08d}-p1", f"{j:08d}-p2")]
+    plain = list(SceneDataset(synth_storyworld(tmp_path / "plain", n_scenes=4, seed=7, scenes_per_shard=5, **SYNTH)))
+    assert "pattern_redraws" not in read_manifest(tmp_path / "plain")["params"]  # the default writes what it always did
+    changed = 0
+    for j in range(4):
+        first, *copies = items[3 * j : 3 * j + 3]
+        assert first["key"] == plain[j]["key"] and all(torch.equal(a, b) for a, b in zip(first["frames"], plain[j]["frames"]))
+        for k, it in enumerate(copies, start=1):
+            # same prompts, cuts, boxes and seed; only the characters' patterns (and so their pixels) may differ
+            assert it["shot_prompts"] == first["shot_prompts"] and it["global_prompt"] == first["global_prompt"]
+            assert it["boxes"] == first["boxes"] and it["cuts"] == first["cuts"] and it["meta"]["pattern_draw"] == k
+            strip = lambda chars: [{key: v for key, v in c.items() if key != "pattern"} for c in chars]  # noqa: E731
+            assert strip(it["meta"]["characters"]) == strip(first["meta"]["characters"])
+            patterns = [c["pattern"] for c in it["meta"]["characters"]]
+            changed += patterns != [c["pattern"] for c in first["meta"]["characters"]]
+    assert changed >= 4  # re-drawn, not copied (each draw is uniform over three patterns)
+    again = list(SceneDataset(synth_storyworld(tmp_path / "again", n_scenes=4, seed=7, scenes_per_shard=5, pattern_redraws=3, **SYNTH)))
+    assert [it["meta"]["characters"] for it in again] == [it["meta"]["characters"] for it in items]  # reproducible
+    with pytest.raises(ValueError, match="pattern_redraws must be a positive integer"):
+        synth_storyworld(tmp_path / "bad", n_scenes=1, seed=7, pattern_redraws=0, **SYNTH)
+
+
 def test_synth_is_resumable_and_deterministic(tmp_path, monkeypatch):
     ref = synth_storyworld(tmp_path / "ref", n_scenes=5, seed=2, scenes_per_shard=2, **SYNTH)
     real = synth_module.storyworld_sample

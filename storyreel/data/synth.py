@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -39,19 +40,34 @@ def _box_dict(box: Any) -> dict[str, Any]:
     return {"label": str(d["label"]), "box": [float(c) if isinstance(c, (float, np.floating)) else int(c) for c in coords]}
 
 
-def storyworld_sample(key: str, seed: int, **scene_kwargs: Any) -> SceneSample:
+def redraw_patterns(spec: Any, draw: int) -> Any:
+    """``spec`` with every character's unspoken pattern drawn anew (uniformly, reproducibly from the scene seed and
+    ``draw``); prompts, shapes, colours, layout and motion stay the same. ``draw = 0`` returns ``spec``."""
+    from storyreel.world import PATTERNS
+
+    if draw == 0:
+        return spec
+    rng = np.random.default_rng([int(spec.seed), 7919, int(draw)])
+    names = sorted(PATTERNS)
+    chars = tuple(dataclasses.replace(c, pattern=names[int(rng.integers(len(names)))]) for c in spec.characters)
+    return dataclasses.replace(spec, characters=chars)
+
+
+def storyworld_sample(key: str, seed: int, *, pattern_draw: int = 0, **scene_kwargs: Any) -> SceneSample:
     """Sample and render one StoryWorld scene as a :class:`SceneSample`.
 
     ``scene_kwargs`` go to ``storyreel.world.sample_scene`` (n_shots, resolution, frames, fps,
-    long_take_prob).
+    long_take_prob). ``pattern_draw > 0`` re-draws the characters' patterns (:func:`redraw_patterns`).
     """
     from storyreel.world import global_prompt, render_scene, sample_scene, shot_prompt
 
-    spec = sample_scene(seed, **scene_kwargs)
+    spec = redraw_patterns(sample_scene(seed, **scene_kwargs), pattern_draw)
     rendered = render_scene(spec)
     n = len(spec.shots)
     meta = dict(spec.to_metadata())
     meta.setdefault("seed", seed)
+    if pattern_draw:
+        meta["pattern_draw"] = int(pattern_draw)
     meta["source"] = "storyworld"
     return SceneSample(
         key=key,
@@ -65,9 +81,16 @@ def storyworld_sample(key: str, seed: int, **scene_kwargs: Any) -> SceneSample:
     )
 
 
-def _render_indexed(j: int, *, seed: int, scene_kwargs: dict[str, Any]) -> SceneSample:
-    """Scene ``j`` of a dataset (a picklable worker function for :func:`synth_storyworld`)."""
-    return storyworld_sample(f"{j:08d}", scene_seed(seed, j), **scene_kwargs)
+def _item_key(i: int, redraws: int) -> tuple[str, int, int]:
+    """Item ``i`` of a dataset with ``redraws`` pattern draws per scene: ``(key, scene index, draw)``."""
+    j, k = divmod(i, redraws)
+    return (f"{j:08d}" if k == 0 else f"{j:08d}-p{k}"), j, k
+
+
+def _render_indexed(i: int, *, seed: int, scene_kwargs: dict[str, Any], redraws: int = 1) -> SceneSample:
+    """Item ``i`` of a dataset (a picklable worker function for :func:`synth_storyworld`)."""
+    key, j, k = _item_key(i, redraws)
+    return storyworld_sample(key, scene_seed(seed, j), pattern_draw=k, **scene_kwargs)
 
 
 def synth_storyworld(
@@ -83,6 +106,7 @@ def synth_storyworld(
     long_take_prob: float = 0.1,
     progress: bool = True,
     workers: int = 1,
+    pattern_redraws: int = 1,
 ) -> Path:
     """Write ``n_scenes`` StoryWorld scenes to ``out_dir`` as a sharded dataset; returns ``out_dir``.
 
@@ -92,7 +116,14 @@ def synth_storyworld(
     different arguments into the same folder is refused (choose another folder).
     ``resolution`` is (width, height). ``workers > 1`` renders scenes in that many processes (the
     shards stay byte-identical: scenes are written in order by this process).
+
+    ``pattern_redraws = K > 1`` writes every scene K times: as drawn (key ``f"{j:08d}"``), then K - 1 times with its
+    characters' unspoken patterns re-drawn (``f"{j:08d}-p{k}"``, :func:`redraw_patterns`). The same prompts then
+    come with different patterns, so a model cannot tie a pattern to a scene and has to read it from the other
+    shots of the sample (``n_scenes · K`` items in all).
     """
+    if isinstance(pattern_redraws, bool) or not isinstance(pattern_redraws, int) or pattern_redraws < 1:
+        raise ValueError(f"pattern_redraws must be a positive integer (1: every scene once, as drawn), got {pattern_redraws!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer (processes that render scenes), got {workers!r}")
     if isinstance(n_scenes, bool) or not isinstance(n_scenes, int) or n_scenes < 1:
@@ -112,21 +143,25 @@ def synth_storyworld(
         "long_take_prob": float(long_take_prob),
     }
     params = {"generator": "storyworld", "n_scenes": n_scenes, "seed": int(seed), **scene_kwargs}
+    if pattern_redraws > 1:  # (absent otherwise, so datasets written before this option still resume)
+        params["pattern_redraws"] = pattern_redraws
+    n_items = n_scenes * pattern_redraws
     with ShardWriter(
-        out_dir, scenes_per_shard=scenes_per_shard, source="storyworld", params=params, n_scenes=n_scenes
+        out_dir, scenes_per_shard=scenes_per_shard, source="storyworld", params=params, n_scenes=n_items
     ) as writer:
-        start = n_scenes if writer.complete else writer.n_done
-        with tqdm(total=n_scenes, initial=start, disable=not progress, unit="scene", desc="storyworld") as bar:
-            todo = range(start, n_scenes)
+        start = n_items if writer.complete else writer.n_done
+        with tqdm(total=n_items, initial=start, disable=not progress, unit="scene", desc="storyworld") as bar:
+            todo = range(start, n_items)
             if workers == 1 or len(todo) < 2 * workers:
-                for j in todo:
-                    writer.add(storyworld_sample(f"{j:08d}", scene_seed(seed, j), **scene_kwargs))
+                for i in todo:
+                    writer.add(_render_indexed(i, seed=int(seed), scene_kwargs=scene_kwargs, redraws=pattern_redraws))
                     bar.update(1)
             else:
                 import functools
                 from concurrent.futures import ProcessPoolExecutor
 
-                render = functools.partial(_render_indexed, seed=int(seed), scene_kwargs=scene_kwargs)
+                render = functools.partial(_render_indexed, seed=int(seed), scene_kwargs=scene_kwargs,
+                                           redraws=pattern_redraws)
                 with ProcessPoolExecutor(max_workers=workers) as pool:
                     for sample in pool.map(render, todo, chunksize=8):  # ordered: shards as with one process
                         writer.add(sample)

@@ -67,6 +67,8 @@ class SynthConfig:
     long_take_prob: float = 0.1
     scenes_per_shard: int = 256
     workers: int = 1  # processes that render scenes (the data is the same for any value)
+    # every scene K times, the characters' unspoken patterns re-drawn in all but the first (storyreel.data.synth)
+    pattern_redraws: int = 1
 
     def __post_init__(self) -> None:
         _check(self.workers >= 1, "data.synth.workers", self.workers, "need >= 1")
@@ -77,6 +79,8 @@ class SynthConfig:
         _check(self.fps >= 1, "data.synth.fps", self.fps, "need >= 1")
         _check(0.0 <= self.long_take_prob <= 1.0, "data.synth.long_take_prob", self.long_take_prob, "use a probability in [0, 1]")
         _check(self.scenes_per_shard >= 1, "data.synth.scenes_per_shard", self.scenes_per_shard, "need >= 1")
+        _check(self.pattern_redraws >= 1, "data.synth.pattern_redraws", self.pattern_redraws,
+               "need >= 1 (1: every scene once; K: K copies with re-drawn patterns)")
 
 
 @dataclass(kw_only=True)

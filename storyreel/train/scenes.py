@@ -175,6 +175,6 @@ def ensure_dataset(path: str | os.PathLike[str], synth: Any | None, *, progress:
     synth_storyworld(
         p, n_scenes=synth.n_scenes, seed=synth.seed, scenes_per_shard=synth.scenes_per_shard, n_shots=synth.n_shots,
         resolution=(synth.resolution, synth.resolution), frames=synth.frames, fps=synth.fps,
-        long_take_prob=synth.long_take_prob, progress=progress, workers=synth.workers,
+        long_take_prob=synth.long_take_prob, progress=progress, workers=synth.workers, pattern_redraws=synth.pattern_redraws,
     )
     return p
