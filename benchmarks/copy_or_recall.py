@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import json
 import os
 import time
 from collections import Counter
@@ -35,10 +36,11 @@ from default_model import MemoryRun  # noqa: E402
 
 from storyreel.data.synth import scene_seed  # noqa: E402
 from storyreel.eval import score_scene  # noqa: E402
-from storyreel.pipelines.scene import ScenePipeline  # noqa: E402
+from storyreel.pipelines.scene import DEFAULT_PIPELINE_DIR, PIPELINE_FILE, PipelineDefaults, ScenePipeline  # noqa: E402
 from storyreel.world import render_scene, sample_scene, scene_to_script  # noqa: E402
 
 SWAP = {"solid": "stripes", "dots": "stripes", "stripes": "solid"}
+FOLLOWS, OWN = "follows history", "draws the scene's own"
 
 
 def training_specs(data_seed: int, scenes: int, n: int, *, long_take_prob: float = 0.1) -> list:
@@ -73,9 +75,9 @@ def tally(video: list, spec, shown) -> Counter:
         if last in it["shots"] and len(it["shots"]) >= 2:
             got = it["patterns"][it["shots"].index(last)]
             c["n"] += 1
-            c["follows history"] += got == seen[it["character"]]
+            c[FOLLOWS] += got == seen[it["character"]]
             if seen[it["character"]] != own[it["character"]]:
-                c["draws the scene's own"] += got == own[it["character"]]
+                c[OWN] += got == own[it["character"]]
     return c
 
 
@@ -88,6 +90,10 @@ def run(pipe: ScenePipeline, specs: list, *, swap: bool) -> Counter:
         video = pipe.generate(scene_to_script(spec), mode="extend", writer=MemoryRun(history, w, h)).videos
         total += tally(video, spec, shown)
     return total
+
+
+def _share(c: Counter, key: str) -> str:
+    return f"{c[key] / c['n']:.3f}" if c["n"] else "n/a"
 
 
 def main() -> None:
@@ -104,15 +110,15 @@ def main() -> None:
     rows, t0 = [], time.perf_counter()
     for name in args.model:
         path = Path(name)
-        if name not in ("default", "debug") and not (path / "pipeline.json").is_file():
+        if name not in ("default", "debug") and not (path / PIPELINE_FILE).is_file():
             pipe = ScenePipeline.from_model_folders(path, device=args.device, autoencoder=args.autoencoder)
-            pipe.defaults = ScenePipeline.from_pretrained("default").defaults  # sample as the shipped default does
+            shipped = json.loads((DEFAULT_PIPELINE_DIR / PIPELINE_FILE).read_text())["defaults"]
+            pipe.defaults = PipelineDefaults(**shipped)  # sample as the shipped default does
         else:
             pipe = ScenePipeline.from_pretrained(name, device=args.device)
         kept, swap = run(pipe, specs, swap=False), run(pipe, specs, swap=True)
-        share = lambda c, k: f"{c[k] / c['n']:.3f}" if c["n"] else "n/a"  # noqa: E731
-        rows.append(f"| {name} | {share(kept, 'follows history')} (n={kept['n']}) | {share(swap, 'follows history')} | "
-                    f"{share(swap, 'draws the scene' + chr(39) + 's own')} (n={swap['n']}) |")
+        rows.append(f"| {name} | {_share(kept, FOLLOWS)} (n={kept['n']}) | {_share(swap, FOLLOWS)} | {_share(swap, OWN)} "
+                    f"(n={swap['n']}) |")
         print(rows[-1], flush=True)
     lines = [
         "# Copy or recall",

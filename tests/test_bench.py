@@ -224,7 +224,7 @@ def test_copy_or_recall_scores_a_perfect_copier_and_a_perfect_recaller():
         assert copier["n"] == recaller["n"] == as_drawn["n"]
         scored += copier["n"]
         if copier["n"]:
-            assert copier["follows history"] == copier["n"] and copier["draws the scene's own"] == 0
-            assert recaller["draws the scene's own"] == recaller["n"] and recaller["follows history"] == 0
-            assert as_drawn["follows history"] == as_drawn["n"] and as_drawn["draws the scene's own"] == 0
+            assert copier[cr.FOLLOWS] == copier["n"] and copier[cr.OWN] == 0
+            assert recaller[cr.OWN] == recaller["n"] and recaller[cr.FOLLOWS] == 0
+            assert as_drawn[cr.FOLLOWS] == as_drawn["n"] and as_drawn[cr.OWN] == 0
     assert scored >= 2  # characters of shot 4 seen before: the test scores something
