@@ -119,6 +119,12 @@ def weight_files(directory: str | os.PathLike[str]) -> list[Path]:
     raise CheckpointError(f"missing weights file {root / WEIGHTS_NAME}; the folder holds no {WEIGHTS_NAME} and no {INDEX_NAME}.")
 
 
+def weights_path(directory: str | os.PathLike[str]) -> Path:
+    """What names a model folder's weights in messages and records: its ``model.safetensors``, or the shard index."""
+    files = weight_files(directory)
+    return files[0] if len(files) == 1 else Path(directory) / INDEX_NAME
+
+
 def has_weights(directory: str | os.PathLike[str]) -> bool:
     """Whether ``directory`` holds ``config.json`` and weights (single file or shard index)."""
     root = Path(directory)
@@ -222,8 +228,7 @@ class PretrainedMixin:
         """Build the model from ``directory/config.json`` and load its weights (one file or shards) strictly."""
         config = cls.load_config(directory)
         model = cls(config)  # type: ignore[call-arg]
-        files = weight_files(directory)
-        weights = files[0] if len(files) == 1 else Path(directory) / INDEX_NAME
+        weights = weights_path(directory)
         state = load_folder_state(directory, device=device)
         missing, unexpected, shape_bad = state_mismatches(state, model.state_dict())  # type: ignore[attr-defined]
         if missing or unexpected or shape_bad:

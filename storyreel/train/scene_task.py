@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from storyreel.diffusion import expand_shot_timesteps, flow_target, noise_latents
-from storyreel.pretrained import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, CheckpointError, has_weights, load_folder_state, weight_files
+from storyreel.pretrained import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, has_weights, load_folder_state, weights_path
 from storyreel.train.batching import BatchBuilder, TrainBatch, WindowSampler
 from storyreel.train.checkpoint import check_state_matches, load_weights, resolve_checkpoint
 from storyreel.train.config import Recipe, RecipeError
@@ -89,8 +89,7 @@ def load_init_weights(model: nn.Module, source: str | Path, *, prefer: str = "em
     (:func:`storyreel.train.grow.grow_state`). Returns the weights file used."""
     src = Path(source)
     if has_weights(src):  # a model folder (one weights file or shards)
-        files = weight_files(src)
-        weights = files[0] if len(files) == 1 else src / INDEX_NAME
+        weights = weights_path(src)
         state = load_folder_state(src)
     else:
         try:
