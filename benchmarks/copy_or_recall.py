@@ -127,7 +127,8 @@ def main() -> None:
         f"- {len(specs)} scenes of synth_storyworld(seed={args.data_seed}) (first {args.scenes}), 4 shots; wall time "
         f"{time.perf_counter() - t0:.0f} s",
         f"- command: `python benchmarks/copy_or_recall.py --model {' '.join(args.model)} --data-seed {args.data_seed} "
-        f"--scenes {args.scenes} --n {args.n}" + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
+        f"--scenes {args.scenes} --n {args.n}" + (f" --autoencoder {args.autoencoder}" if args.autoencoder else "")
+        + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
         "",
         "| model | history as drawn: shot 4 keeps its pattern | swapped history: shot 4 follows it | ... draws the scene's own |",
         "| --- | --- | --- | --- |",
