@@ -174,6 +174,8 @@ def main() -> None:
                     help="timestep shift (default: the pipeline's; above 1 spends more steps at high noise)")
     ap.add_argument("--history-guidance", type=float, default=None,
                     help="history guidance weight in every mode (default: the pipeline's, which may differ for causal)")
+    ap.add_argument("--autoguidance", type=float, default=None,
+                    help="autoguidance weight (default: the pipeline's; needs its guide model; causal mode never uses it)")
     ap.add_argument("--modes", nargs="+", default=["joint", "causal", "per-shot", "gt-history"],
                     choices=["joint", "causal", "per-shot", "gt-history"],
                     help="which generation modes to score (ground truth, raw and through the autoencoder, is always scored)")
@@ -189,6 +191,8 @@ def main() -> None:
         pipe.defaults = dataclasses.replace(pipe.defaults, guidance=args.guidance)
     if args.shift is not None:
         pipe.defaults = dataclasses.replace(pipe.defaults, shift=args.shift)
+    if args.autoguidance is not None:
+        pipe.defaults = dataclasses.replace(pipe.defaults, autoguidance=args.autoguidance)
     if args.history_guidance is not None:
         pipe.defaults = dataclasses.replace(pipe.defaults, history_guidance=args.history_guidance,
                                             history_guidance_causal=None)  # one weight for every mode
@@ -232,13 +236,14 @@ def report(args, pipe: ScenePipeline, steps: int, results: dict[str, list], n: i
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu_name()}, torch {torch.__version__}, device {args.device}",
         f"- model: {pipe.name}; {n} held-out scripts of 4 shots (seeds {HELD_OUT_BASE + args.first}…{HELD_OUT_BASE + args.first + n - 1}); "
-        f"steps {steps}, guidance {pipe.defaults.guidance}, shift {pipe.defaults.shift:g}, history guidance {hg_text(pipe.defaults)}; wall time {wall:.0f} s" + ("" if n == args.n else f" (partial: {n} of {args.n})"),
+        f"steps {steps}, guidance {pipe.defaults.guidance}, shift {pipe.defaults.shift:g}, history guidance {hg_text(pipe.defaults)}, autoguidance {pipe.defaults.autoguidance:g} (not in causal mode); wall time {wall:.0f} s" + ("" if n == args.n else f" (partial: {n} of {args.n})"),
         f"- command: `python benchmarks/default_model.py --n {args.n}" + (f" --first {args.first}" if args.first else "")
         + (f" --model {args.model}" if args.model != "default" else "")
         + (f" --device {args.device}" if args.device != "cpu" else "")
         + (f" --guidance {args.guidance:g}" if args.guidance is not None else "")
         + (f" --shift {args.shift:g}" if args.shift is not None else "")
         + (f" --history-guidance {args.history_guidance:g}" if args.history_guidance is not None else "")
+        + (f" --autoguidance {args.autoguidance:g}" if args.autoguidance is not None else "")
         + (f" --modes {' '.join(args.modes)}" if len(args.modes) < 4 else "") + "`",
         "- metrics from pixels alone (`storyreel.eval`, docs/evaluation.md); pattern distribution = share of characters "
         "(first appearance) detected solid / dots / stripes; StoryWorld draws each with probability 1/3",

@@ -163,6 +163,7 @@ def generate(
     kv_cache: Annotated[bool, typer.Option("--kv-cache/--no-kv-cache", help="causal mode: reuse history keys/values (same video, faster).")] = True,
     solver: Annotated[Optional[str], typer.Option(help="euler | heun.")] = None,
     history_guidance: Annotated[Optional[float], typer.Option(min=0.0, help="History guidance weight (0 = off; default: the model's, which may differ for --mode causal): each step also runs every shot alone and pushes it towards what the other shots imply, so unspoken details carry over (one more model call per step).")] = None,
+    autoguidance: Annotated[Optional[float], typer.Option(min=0.0, help="Autoguidance weight (0 = off; default: the model's; not in --mode causal): each step also runs the pipeline's small guide model and moves away from its prediction, so characters get all three unspoken patterns instead of the average (one call of the small model per step).")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="wan | cogvideox: generate with a production backbone from --weights (docs/backbones.md).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="With --backbone: its local diffusers weights folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/).")] = None,
     finetuned: Annotated[Optional[Path], typer.Option(help="With --backbone: a fine-tune exported by `storyreel train wan-lora` / `cogvideox-lora` (its model/ folder).")] = None,
@@ -183,13 +184,15 @@ def generate(
         options["solver"] = solver
     if history_guidance is not None:
         options["history_guidance"] = history_guidance
+    if autoguidance is not None:
+        options["autoguidance"] = autoguidance
     t0 = time.perf_counter()
     if backbone is None and (weights is not None or finetuned is not None or context_parallel):
         _fail("--weights, --finetuned and --context-parallel go with --backbone wan|cogvideox (docs/backbones.md)")
     if backbone is not None and (weights is None or model != "default" or goldenmem or solver is not None
-                                 or history_guidance is not None):
-        _fail("--backbone needs --weights DIR (a local diffusers folder) and takes no --model, --goldenmem, --solver or "
-              "--history-guidance")
+                                 or history_guidance is not None or autoguidance is not None):
+        _fail("--backbone needs --weights DIR (a local diffusers folder) and takes no --model, --goldenmem, --solver, "
+              "--history-guidance or --autoguidance")
     try:
         if backbone is not None:
             from storyreel.pipelines.backbone import generate_backbone

@@ -26,17 +26,23 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def export_pipeline(scene: str | Path, out: str | Path, *, causal: str | Path | None = None, dtype: str = "float32",
                     name: str | None = None, history_guidance: float | None = None,
-                    history_guidance_causal: float | None = None, autoencoder: str | Path | None = None) -> Path:
+                    history_guidance_causal: float | None = None, autoencoder: str | Path | None = None,
+                    guide: str | Path | None = None, autoguidance: float | None = None) -> Path:
     """Build the pipeline from ``scene`` (and ``causal``: a model folder or ``"shared"``, see
     :meth:`ScenePipeline.from_model_folders`) model folders and save it to ``out`` in ``dtype``;
     ``history_guidance`` (``history_guidance_causal``: its weight in causal mode) sets that sampling default in
     ``pipeline.json``; ``autoencoder`` replaces the one the scene model was trained with by a decoder-only
-    fine-tune of it."""
+    fine-tune of it; ``guide`` adds a weak model folder for autoguidance and ``autoguidance`` sets its default
+    weight."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
     shared = causal is not None and str(causal) == "shared"
-    pipe = ScenePipeline.from_model_folders(scene, causal="shared" if shared else causal, name=name, autoencoder=autoencoder)
-    given = {"history_guidance": history_guidance, "history_guidance_causal": history_guidance_causal}
+    if autoguidance and guide is None:
+        raise ValueError(f"autoguidance={autoguidance:g} needs a guide model; pass --guide FOLDER (configs/scene-default-guide.yaml)")
+    pipe = ScenePipeline.from_model_folders(scene, causal="shared" if shared else causal, name=name, autoencoder=autoencoder,
+                                            guide=guide)
+    given = {"history_guidance": history_guidance, "history_guidance_causal": history_guidance_causal,
+             "autoguidance": autoguidance}
     pipe.defaults = dataclasses.replace(pipe.defaults, **{k: v for k, v in given.items() if v is not None})
     return pipe.save_pretrained(out, dtype=DTYPES[dtype])
 
@@ -56,11 +62,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="its weight in causal mode, where it differs (default: the same as --history-guidance)")
     ap.add_argument("--autoencoder", type=Path, default=None,
                     help="a decoder-only fine-tune of the scene model's autoencoder to ship instead (same encoder)")
+    ap.add_argument("--guide", type=Path, default=None,
+                    help="a weak model folder for autoguidance (trained with configs/scene-default-guide.yaml)")
+    ap.add_argument("--autoguidance", type=float, default=None,
+                    help="default autoguidance weight of the pipeline (pipeline.json defaults; 0 = off; needs --guide)")
     args = ap.parse_args(argv)
     try:
         out = export_pipeline(args.scene, args.out, causal=args.causal, dtype=args.dtype, name=args.name,
                               history_guidance=args.history_guidance,
-                              history_guidance_causal=args.history_guidance_causal, autoencoder=args.autoencoder)
+                              history_guidance_causal=args.history_guidance_causal, autoencoder=args.autoencoder,
+                              guide=args.guide, autoguidance=args.autoguidance)
     except (GenerationError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

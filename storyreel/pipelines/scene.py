@@ -78,6 +78,10 @@ class PipelineDefaults:
     off from the others and moves the result away from it, ``+ h·(with others − alone)``;
     ``history_guidance_causal`` its weight in ``causal`` mode (``None``: ``history_guidance``), where the shots
     conditioned on are the model's own earlier shots rather than the rest of the scene being denoised with them.
+    ``autoguidance`` the weight of autoguidance (0 = off; needs the pipeline's ``guide`` model): each step also runs
+    a small, briefly trained model on the same inputs and moves the result away from it, ``+ w·(model − guide)``
+    (Karras et al. 2024). It counters the strong model's pull towards the average of the unspoken patterns. It is
+    not applied in ``causal`` mode, whose KV cache the bidirectional guide cannot share.
     """
 
     steps: int = 24
@@ -90,6 +94,11 @@ class PipelineDefaults:
     goldenmem: bool = False
     history_guidance: float = 0.0
     history_guidance_causal: float | None = None
+    autoguidance: float = 0.0
+
+    def autoguidance_for(self, mode: str) -> float:
+        """The default autoguidance weight of generation mode ``mode`` (0 in ``causal`` mode)."""
+        return 0.0 if mode == "causal" else float(self.autoguidance)
 
     def history_guidance_for(self, mode: str) -> float:
         """The default history-guidance weight of generation mode ``mode``."""
@@ -118,7 +127,7 @@ class PipelineDefaults:
             raise bad("history", ", ".join(HISTORY_STRATEGIES))
         if not isinstance(self.goldenmem, bool):
             raise bad("goldenmem", "true or false")
-        for field, optional in (("history_guidance", False), ("history_guidance_causal", True)):
+        for field, optional in (("history_guidance", False), ("history_guidance_causal", True), ("autoguidance", False)):
             w = getattr(self, field)
             if (w is None and optional) or (not isinstance(w, bool) and isinstance(w, (int, float)) and 0 <= w < math.inf):
                 continue
@@ -158,6 +167,7 @@ class GenerationPlan:
     height: int
     width: int
     history_guidance: float = 0.0
+    autoguidance: float = 0.0
 
 
 @dataclass
@@ -272,6 +282,7 @@ class ScenePipeline:
         defaults: PipelineDefaults | None = None, global_prompt: bool = True, latent_scale: float = 1.0,
         text_encoder_spec: dict[str, Any] | None = None, autoencoder_spec: dict[str, Any] | None = None,
         name: str = "custom", trained: dict[str, Any] | None = None, expand_characters: bool = False,
+        guide: MultiShotMMDiT | None = None,
     ) -> None:
         if not isinstance(scene, MultiShotMMDiT):
             raise ValueError(f"scene must be a MultiShotMMDiT, got {type(scene).__name__}")
@@ -306,10 +317,21 @@ class ScenePipeline:
                     "later ones, so its KV cache would be wrong; train it with attn_policy causal_shots "
                     "(configs/scene-small-causal.yaml)"
                 )
+        if guide is not None:
+            if not isinstance(guide, MultiShotMMDiT):
+                raise ValueError(f"guide must be a MultiShotMMDiT or None, got {type(guide).__name__}")
+            for field in ("in_channels", "text_dim", "patch_size", "text_len", "max_shots"):
+                if getattr(guide.config, field) != getattr(cfg, field):
+                    raise ValueError(
+                        f"guide model {field}={getattr(guide.config, field)!r} differs from the scene model's "
+                        f"{getattr(cfg, field)!r}; train the guide on the scene model's data, encoders and text length "
+                        "(configs/scene-default-guide.yaml)"
+                    )
         if not latent_scale > 0:
             raise ValueError(f"latent_scale={latent_scale!r} must be > 0")
         self.scene = scene.eval().requires_grad_(False)
         self.causal = causal.eval().requires_grad_(False) if causal is not None else None
+        self.guide = guide.eval().requires_grad_(False) if guide is not None else None
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.text_encoder = text_encoder
         self.defaults = defaults or PipelineDefaults()
@@ -357,6 +379,8 @@ class ScenePipeline:
             self.causal = shared_causal(self.scene).eval().requires_grad_(False)
         elif self.causal is not None:
             self.causal.to(dev, dt)
+        if self.guide is not None:
+            self.guide.to(dev, dt)
         self.autoencoder.to(dev)
         if dt is not None:
             self._sha = None
@@ -366,7 +390,10 @@ class ScenePipeline:
         """sha256 over the weights of the scene model, causal model and autoencoder (names, shapes and bytes)."""
         if self._sha is None:
             causal = None if self.causal_shared else self.causal  # shared: the scene model's weights, hashed once
-            self._sha = _state_sha256([("scene", self.scene), ("causal", causal), ("autoencoder", self.autoencoder)])
+            parts = [("scene", self.scene), ("causal", causal), ("autoencoder", self.autoencoder)]
+            if self.guide is not None:  # pipelines without a guide keep their earlier hash
+                parts.append(("guide", self.guide))
+            self._sha = _state_sha256(parts)
         return self._sha
 
     # ---------------------------------------------------------------------------------- construction
@@ -457,6 +484,7 @@ class ScenePipeline:
             scene = MultiShotMMDiT.from_pretrained(folder / str(meta.get("scene", "scene")), device=dev)
             spec = meta.get("causal")
             causal = (spec if spec == "shared" else MultiShotMMDiT.from_pretrained(folder / spec, device=dev)) if spec else None
+            guide = MultiShotMMDiT.from_pretrained(folder / str(meta["guide"]), device=dev) if meta.get("guide") else None
             ae = _load_autoencoder(meta.get("autoencoder"), folder, dev)
             text = meta.get("text_encoder") or {}
             encoder = _build_text_encoder(text, scene.config.text_len, dev)
@@ -464,7 +492,8 @@ class ScenePipeline:
             return cls(scene=scene, causal=causal, autoencoder=ae, text_encoder=encoder, defaults=defaults,
                        global_prompt=bool(meta.get("global_prompt", True)), latent_scale=float(meta.get("latent_scale", 1.0)),
                        text_encoder_spec=text, autoencoder_spec=meta.get("autoencoder"), name=str(meta.get("name", folder)),
-                       trained=meta.get("trained") or {}, expand_characters=bool(meta.get("expand_characters", False)))
+                       trained=meta.get("trained") or {}, expand_characters=bool(meta.get("expand_characters", False)),
+                       guide=guide)
         except GenerationError:
             raise
         except (CheckpointError, ValueError, TypeError, KeyError) as err:
@@ -474,7 +503,7 @@ class ScenePipeline:
     def from_model_folders(
         cls, scene: str | os.PathLike[str], *, causal: str | os.PathLike[str] | None = None,
         defaults: PipelineDefaults | None = None, device: str | torch.device = "cpu", name: str | None = None,
-        autoencoder: str | os.PathLike[str] | None = None,
+        autoencoder: str | os.PathLike[str] | None = None, guide: str | os.PathLike[str] | None = None,
     ) -> ScenePipeline:
         """Assemble a pipeline from model folders exported by ``storyreel train`` (their ``config.json`` records the
         text encoder, autoencoder, text length, latent scale and global-prompt use under ``_extra``).
@@ -484,7 +513,10 @@ class ScenePipeline:
 
         ``autoencoder`` replaces the recorded autoencoder with a folder whose encoder and latent normalisation are
         the same (a decoder-only fine-tune, ``model.freeze_encoder``); anything else is refused, since the scene
-        model would read latents it was not trained on."""
+        model would read latents it was not trained on.
+
+        ``guide`` is the folder of a weak model for autoguidance (``PipelineDefaults.autoguidance``), trained on
+        the same data, encoders and text length (``configs/scene-default-guide.yaml``)."""
         dev = resolve_device(device)
         folder = Path(scene)
         try:
@@ -509,6 +541,7 @@ class ScenePipeline:
                 causal_model: MultiShotMMDiT | str | None = "shared"
             else:
                 causal_model = MultiShotMMDiT.from_pretrained(causal, device=dev) if causal is not None else None
+            guide_model = MultiShotMMDiT.from_pretrained(guide, device=dev) if guide is not None else None
             ae_name = str(extra["autoencoder"])
             ae_spec = ({"path": ae_name} if (Path(ae_name) / CONFIG_NAME).is_file()
                        else {"name": ae_name, "kwargs": dict(extra.get("autoencoder_kwargs") or {})})
@@ -521,7 +554,7 @@ class ScenePipeline:
             return cls(scene=model, causal=causal_model, autoencoder=ae, text_encoder=encoder, defaults=defaults,
                        global_prompt=bool(extra.get("global_prompt", True)), latent_scale=float(extra.get("latent_scale", 1.0)),
                        text_encoder_spec=text, autoencoder_spec=ae_spec, name=name or str(folder), trained=trained,
-                       expand_characters=bool(extra.get("expand_characters", False)))
+                       expand_characters=bool(extra.get("expand_characters", False)), guide=guide_model)
         except GenerationError:
             raise
         except (CheckpointError, ValueError, TypeError) as err:
@@ -533,7 +566,7 @@ class ScenePipeline:
         return script.shot_prompt_text(i, expand_characters=self.expand_characters)
 
     def save_pretrained(self, directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Path:
-        """Write ``pipeline.json``, ``scene/``, ``causal/`` (if any and not shared) and ``autoencoder/`` (a trained autoencoder;
+        """Write ``pipeline.json``, ``scene/``, ``causal/`` (if any and not shared), ``guide/`` (if any) and ``autoencoder/`` (a trained autoencoder;
         a named one such as ``patch`` is recorded by name) into ``directory``; ``dtype`` (e.g. ``torch.float16``)
         stores the weights in that type (the shipped default is saved in fp16 to fit the repository's budget)."""
         out = Path(directory)
@@ -541,6 +574,8 @@ class ScenePipeline:
         self.scene.save_pretrained(out / "scene", dtype=dtype)
         if self.causal is not None and not self.causal_shared:
             self.causal.save_pretrained(out / "causal", dtype=dtype)
+        if self.guide is not None:
+            self.guide.save_pretrained(out / "guide", dtype=dtype)
         if hasattr(self.autoencoder, "save_pretrained"):
             self.autoencoder.save_pretrained(out / "autoencoder", dtype=dtype)
             ae_spec: dict[str, Any] = {"path": "autoencoder"}
@@ -552,6 +587,7 @@ class ScenePipeline:
         meta = {
             "format": PIPELINE_FORMAT, "name": self.name, "scene": "scene",
             "causal": "shared" if self.causal_shared else ("causal" if self.causal is not None else None),
+            **({"guide": "guide"} if self.guide is not None else {}),
             "autoencoder": ae_spec, "text_encoder": self.text_encoder_spec, "global_prompt": self.global_prompt,
             "expand_characters": self.expand_characters,
             "latent_scale": self.latent_scale, "defaults": dataclasses.asdict(self.defaults), "trained": self.trained,
@@ -568,6 +604,7 @@ class ScenePipeline:
         seed: int | None = None, solver: str | None = None, shift: float | None = None, t_c: float | None = None,
         history: str | None = None, goldenmem: bool | None = None, context_window: int | None = None,
         policy: str | None = None, kv_cache: bool = True, history_guidance: float | None = None,
+        autoguidance: float | None = None,
     ) -> GenerationPlan:
         """Resolve and check every setting for ``script`` without computing anything; :class:`GenerationError`
         names the first problem and its fix. Arguments override the script, which overrides the pipeline defaults."""
@@ -575,7 +612,7 @@ class ScenePipeline:
 
         return check_plan(self, script, mode=mode, steps=steps, guidance=guidance, seed=seed, solver=solver, shift=shift,
                           t_c=t_c, history=history, goldenmem=goldenmem, context_window=context_window, policy=policy,
-                          kv_cache=kv_cache, history_guidance=history_guidance)
+                          kv_cache=kv_cache, history_guidance=history_guidance, autoguidance=autoguidance)
 
     # ---------------------------------------------------------------------------------- generation
 
@@ -586,6 +623,7 @@ class ScenePipeline:
         solver: str | None = None, shift: float | None = None, t_c: float | None = None, history: str | None = None,
         goldenmem: bool | None = None, context_window: int | None = None, policy: str | None = None,
         kv_cache: bool = True, backend: str = "auto", model_id: str | None = None, history_guidance: float | None = None,
+        autoguidance: float | None = None,
     ) -> SceneResult:
         """Generate the shots of ``script``; see ``docs/generation.md``.
 
@@ -595,6 +633,8 @@ class ScenePipeline:
         (:class:`~storyreel.outputs.SceneWriter`) each shot is written as soon as it is final and the run is
         finalised; ``resume`` skips shots already finished by the same run. ``history_guidance`` (default: the
         pipeline's) adds history guidance: one more model call per step, with every shot cut off from the others.
+        ``autoguidance`` (default: the pipeline's) adds autoguidance with the pipeline's guide model: one call of
+        that small model per step (not in ``causal`` mode).
         """
         from storyreel.pipelines.scene_run import SceneRun
 
@@ -602,7 +642,7 @@ class ScenePipeline:
             script = load_script(script)
         plan = self.check(script, mode=mode, steps=steps, guidance=guidance, seed=seed, solver=solver, shift=shift,
                           t_c=t_c, history=history, goldenmem=goldenmem, context_window=context_window, policy=policy,
-                          kv_cache=kv_cache, history_guidance=history_guidance)
+                          kv_cache=kv_cache, history_guidance=history_guidance, autoguidance=autoguidance)
         if script.shots and any(s.keyframe is not None or s.layout for s in script.shots):
             warnings.warn("the scene pipeline ignores shots[].keyframe and shots[].layout (the story and long-take "
                           "pipelines use them)", stacklevel=2)
@@ -665,7 +705,7 @@ def generate_to_dir(
 ) -> dict[str, Any]:
     """Generate a script into run folder ``out_dir`` (``shots/NN.mp4`` + sidecars, ``scene.mp4``, ``storyboard.png``,
     ``scene.json``); returns the ``scene.json`` dict. ``options`` go to :meth:`ScenePipeline.generate` (solver,
-    shift, t_c, history, goldenmem, context_window, policy, kv_cache, backend, history_guidance); ``dtype`` the scene
+    shift, t_c, history, goldenmem, context_window, policy, kv_cache, backend, history_guidance, autoguidance); ``dtype`` the scene
     models' weights (:meth:`ScenePipeline.to`). Checks the device, the dtype, the script, the model folder and every
     setting before any compute (:class:`GenerationError`, or ``ScriptError`` for the script).
     """

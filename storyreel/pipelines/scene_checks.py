@@ -55,7 +55,7 @@ def check_plan(
     pipe: ScenePipeline, script: SceneScript, *, mode: str | None, steps: int | None, guidance: float | None,
     seed: int | None, solver: str | None, shift: float | None, t_c: float | None, history: str | None,
     goldenmem: bool | None, context_window: int | None, policy: str | None, kv_cache: bool,
-    history_guidance: float | None = None,
+    history_guidance: float | None = None, autoguidance: float | None = None,
 ) -> GenerationPlan:
     """Resolve the settings (argument > script setting the user wrote > pipeline default) and check them."""
     from storyreel.pipelines.scene import SOLVERS, GenerationPlan
@@ -94,6 +94,18 @@ def check_plan(
     t_c = float(_number("t_c", t_c if t_c is not None else d.t_c, low=0, high=0.999))
     history_guidance = float(_number("history_guidance", history_guidance if history_guidance is not None
                                      else d.history_guidance_for(mode), low=0))
+    autoguidance = float(_number("autoguidance", autoguidance if autoguidance is not None else d.autoguidance_for(mode), low=0))
+    if autoguidance and mode == "causal":
+        raise _error(
+            f"autoguidance={autoguidance:g} does not apply to mode causal: the guide model is bidirectional and cannot "
+            "share the causal model's KV cache. Use --autoguidance 0 with --mode causal, or --mode autoregressive"
+        )
+    if autoguidance and pipe.guide is None:
+        raise _error(
+            f"autoguidance={autoguidance:g} needs a guide model, but the pipeline {pipe.name!r} has none (no guide/ "
+            "folder). Use --autoguidance 0, or export the pipeline with --guide FOLDER (a model trained with "
+            "configs/scene-default-guide.yaml)"
+        )
     history = history if history is not None else d.history
     if history not in HISTORY_STRATEGIES:
         raise _error(f"history strategy {history!r} is unknown; choose one of {', '.join(HISTORY_STRATEGIES)}")
@@ -173,4 +185,5 @@ def check_plan(
         mode=mode, steps=int(steps), guidance=guidance, seed=int(seed), solver=solver, shift=shift, t_c=t_c, history=history,
         goldenmem=goldenmem and mode != "joint", window=int(window), policy=policy, kv_cache=bool(kv_cache),
         frames=frames, latent_shapes=shapes, height=height, width=width, history_guidance=history_guidance,  # type: ignore[arg-type]
+        autoguidance=autoguidance,
     )

@@ -120,6 +120,7 @@ class SceneRun:
             "script": self.resolved_script(), "solver": p.solver, "shift": p.shift, "t_c": p.t_c, "history": p.history,
             "goldenmem": p.goldenmem, "window": p.window, "policy": p.policy, "model": self.pipe.weights_sha256(),
             **({"history_guidance": p.history_guidance} if p.history_guidance else {}),  # older run keys stay valid
+            **({"autoguidance": p.autoguidance} if p.autoguidance else {}),
             "global_prompt": self.pipe.global_prompt, "latent_scale": self.pipe.latent_scale,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
@@ -255,11 +256,15 @@ class SceneRun:
 
     def _guided(self, make: Callable[..., SegmentFn]) -> SegmentFn:
         """Text guidance ``u + g·(c − u)``, plus history guidance ``h·(c − c_alone)`` when ``plan.history_guidance``
-        is set: ``c_alone`` is the prompted model with every shot cut off from the other shots (``isolated_shots``)."""
-        g, h = self.plan.guidance, self.plan.history_guidance
-        if not h:
+        is set: ``c_alone`` is the prompted model with every shot cut off from the other shots (``isolated_shots``);
+        plus autoguidance ``w·(c − c_guide)`` when ``plan.autoguidance`` is set: ``c_guide`` is the pipeline's weak
+        guide model given the same inputs as ``c``."""
+        g, h, w = self.plan.guidance, self.plan.history_guidance, self.plan.autoguidance
+        if not h and not w:
             return make(False) if g == 1.0 else guided_segment_fn(make(False), make(True), g)
-        return history_guided_segment_fn(make(False), None if g == 1.0 else make(True), make(False, isolate=True), g, h)
+        return history_guided_segment_fn(
+            make(False), None if g == 1.0 else make(True), make(False, isolate=True) if h else None, g, h,
+            weak=make(False, model=self.pipe.guide) if w else None, weak_scale=w)
 
     def _step_callback(self, shots: tuple[int, ...]) -> Callable[[int, int, list[Tensor]], None]:
         from storyreel.pipelines.scene import GenerationEvent
@@ -285,9 +290,9 @@ class SceneRun:
         layout = SequenceLayout(segs)
         prompts = [self.pipe.model_prompt(self.script, i) for i in range(self.n)]
 
-        def make(drop: bool, isolate: bool = False) -> SegmentFn:
+        def make(drop: bool, isolate: bool = False, model: Any = None) -> SegmentFn:
             ctx = self._context(layout, prompts, drop=drop)
-            return mmdit_segment_fn(self.model, layout, ctx, policy=_ISOLATED if isolate else self.plan.policy,
+            return mmdit_segment_fn(self.model if model is None else model, layout, ctx, policy=_ISOLATED if isolate else self.plan.policy,
                                     backend=self.backend)
 
         out = sample_joint(self._guided(make), noise, list(range(self.n)), steps=self.plan.steps, shift=self.plan.shift,
@@ -351,8 +356,8 @@ class SceneRun:
         prompts = [it.prompt for it in items] + [self.pipe.model_prompt(self.script, i)]
         policy = self.plan.policy if self.plan.mode != "causal" else None
 
-        def make(drop: bool, isolate: bool = False) -> SegmentFn:
-            return mmdit_segment_fn(self.model, layout, self._context(layout, prompts, drop=drop),
+        def make(drop: bool, isolate: bool = False, model: Any = None) -> SegmentFn:
+            return mmdit_segment_fn(self.model if model is None else model, layout, self._context(layout, prompts, drop=drop),
                                     policy=_ISOLATED if isolate else policy, backend=self.backend)
 
         out = sample_autoregressive(self._guided(make), hist, hist_shot, [noise], [p], steps=self.plan.steps,
@@ -434,7 +439,7 @@ class SceneRun:
             "storyreel_version": __version__,
             "mode": p.mode, "seed": p.seed, "steps": p.steps, "guidance": p.guidance, "solver": p.solver, "shift": p.shift,
             "t_c": p.t_c, "history": p.history, "goldenmem": p.goldenmem, "context_window": p.window, "policy": p.policy,
-            "history_guidance": p.history_guidance,
+            "history_guidance": p.history_guidance, "autoguidance": p.autoguidance,
             "kv_cache": p.kv_cache if p.mode == "causal" else None,
             "resolution": [p.width, p.height],
             "model": {"id": self.model_id, "name": self.pipe.name, "sha256": self.pipe.weights_sha256()},

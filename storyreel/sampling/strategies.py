@@ -230,23 +230,33 @@ def guided_segment_fn(cond: SegmentFn, uncond: SegmentFn, scale: float) -> Segme
     return fn
 
 
-def history_guided_segment_fn(cond: SegmentFn, uncond: SegmentFn | None, alone: SegmentFn, scale: float,
-                              history_scale: float) -> SegmentFn:
-    """Text and history guidance over segment functions: ``u + scale·(c − u) + history_scale·(c − a)``.
+def history_guided_segment_fn(cond: SegmentFn, uncond: SegmentFn | None, alone: SegmentFn | None, scale: float,
+                              history_scale: float, *, weak: SegmentFn | None = None, weak_scale: float = 0.0) -> SegmentFn:
+    """Text, history and autoguidance over segment functions:
+    ``u + scale·(c − u) + history_scale·(c − a) + weak_scale·(c − w)``.
 
     ``c``: the prompted model with the scene's other shots in view; ``u``: unprompted (``None``: no text guidance,
-    ``scale`` ignored); ``a``: prompted, but every shot alone (no attention to other shots). The history term pushes
-    a shot towards what the other shots imply beyond what its prompt does (history guidance, Song et al. 2025,
-    "History-Guided Video Diffusion"); ``history_scale = 0`` is plain classifier-free guidance.
+    ``scale`` ignored); ``a``: prompted, but every shot alone (no attention to other shots; ``None``: no history
+    term). The history term pushes a shot towards what the other shots imply beyond what its prompt does (history
+    guidance, Song et al. 2025, "History-Guided Video Diffusion"); ``history_scale = 0`` is plain classifier-free
+    guidance. ``w``: a weaker model given the same inputs (``None``: no autoguidance); its term moves every step away
+    from what the weak model predicts (autoguidance, Karras et al. 2024, "Guiding a Diffusion Model with a Bad
+    Version of Itself"). Each function is called once per step.
     """
 
     def fn(latents: list[Tensor], t_row: Tensor) -> list[Tensor]:
-        c, a = cond(latents, t_row), alone(latents, t_row)
+        c = cond(latents, t_row)
+        a = alone(latents, t_row) if alone is not None and history_scale else None
         u = uncond(latents, t_row) if uncond is not None else None
+        w = weak(latents, t_row) if weak is not None and weak_scale else None
         out = []
-        for k, (ck, ak) in enumerate(zip(c, a)):
+        for k, ck in enumerate(c):
             v = ck if u is None else u[k] + scale * (ck - u[k])
-            out.append(v + history_scale * (ck - ak))
+            if a is not None:
+                v = v + history_scale * (ck - a[k])
+            if w is not None:
+                v = v + weak_scale * (ck - w[k])
+            out.append(v)
         return out
 
     return fn
