@@ -422,8 +422,10 @@ class ScenePipeline:
                         p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
             return model
 
-        scene = build(cfg)
-        causal_model = build(dataclasses.replace(cfg, attn_policy="causal_shots")) if causal else None
+        with torch.random.fork_rng(devices=[]):  # the modules' own initialisation draws from the global generator
+            torch.manual_seed(int(seed))
+            scene = build(cfg)
+            causal_model = build(dataclasses.replace(cfg, attn_policy="causal_shots")) if causal else None
         return cls(
             scene=scene, causal=causal_model, autoencoder=ae, text_encoder=get_text_encoder("hashing", dim=64, max_length=text_len),
             defaults=PipelineDefaults(steps=steps, guidance=guidance, t_c=t_c), global_prompt=True, latent_scale=1.0,
