@@ -305,12 +305,8 @@ class ScenePipeline:
         if causal is not None:
             if not isinstance(causal, MultiShotMMDiT):
                 raise ValueError(f"causal must be a MultiShotMMDiT, 'shared' or None, got {type(causal).__name__}")
-            for field in ("in_channels", "text_dim", "patch_size", "text_len"):
-                if getattr(causal.config, field) != getattr(cfg, field):
-                    raise ValueError(
-                        f"causal model {field}={getattr(causal.config, field)!r} differs from the scene model's "
-                        f"{getattr(cfg, field)!r}; both must be trained with the same encoders and text length"
-                    )
+            _check_same_inputs(causal, cfg, "causal model", ("in_channels", "text_dim", "patch_size", "text_len"),
+                               "both must be trained with the same encoders and text length")
             if not _is_context_causal(causal):
                 raise ValueError(
                     f"the causal model's attention policy {causal.config.attn_policy!r} lets earlier shots attend to "
@@ -320,13 +316,9 @@ class ScenePipeline:
         if guide is not None:
             if not isinstance(guide, MultiShotMMDiT):
                 raise ValueError(f"guide must be a MultiShotMMDiT or None, got {type(guide).__name__}")
-            for field in ("in_channels", "text_dim", "patch_size", "text_len", "max_shots"):
-                if getattr(guide.config, field) != getattr(cfg, field):
-                    raise ValueError(
-                        f"guide model {field}={getattr(guide.config, field)!r} differs from the scene model's "
-                        f"{getattr(cfg, field)!r}; train the guide on the scene model's data, encoders and text length "
-                        "(configs/scene-default-guide.yaml)"
-                    )
+            _check_same_inputs(guide, cfg, "guide model", ("in_channels", "text_dim", "patch_size", "text_len", "max_shots"),
+                               "train the guide on the scene model's data, encoders and text length "
+                               "(configs/scene-default-guide.yaml)")
         if not latent_scale > 0:
             raise ValueError(f"latent_scale={latent_scale!r} must be > 0")
         self.scene = scene.eval().requires_grad_(False)
@@ -387,7 +379,8 @@ class ScenePipeline:
         return self
 
     def weights_sha256(self) -> str:
-        """sha256 over the weights of the scene model, causal model and autoencoder (names, shapes and bytes)."""
+        """sha256 over the weights of the scene model, causal model, autoencoder and guide model, if any (names,
+        shapes and bytes)."""
         if self._sha is None:
             causal = None if self.causal_shared else self.causal  # shared: the scene model's weights, hashed once
             parts = [("scene", self.scene), ("causal", causal), ("autoencoder", self.autoencoder)]
@@ -651,6 +644,14 @@ class ScenePipeline:
         run = SceneRun(self, script, plan, writer=writer, progress=progress, callback=callback, resume=resume,
                        overwrite=overwrite, backend=backend, model_id=model_id or self.name)
         return run.execute()
+
+
+def _check_same_inputs(model: MultiShotMMDiT, cfg: Any, role: str, fields: tuple[str, ...], fix: str) -> None:
+    """``ValueError`` naming the first of ``fields`` in which ``model``'s config differs from the scene model's ``cfg``."""
+    for field in fields:
+        if getattr(model.config, field) != getattr(cfg, field):
+            raise ValueError(f"{role} {field}={getattr(model.config, field)!r} differs from the scene model's "
+                             f"{getattr(cfg, field)!r}; {fix}")
 
 
 def _build_text_encoder(spec: dict[str, Any], text_len: int, dev: torch.device) -> Any:
