@@ -7,14 +7,16 @@
 # continuation on coherent scenes at a larger batch (scene-default-continue, v2), the decoder-only VAE
 # fine-tune (vae-default-decoder) and the character-weighted continuation (scene-default-v3), the v4
 # continuation with more character weight and conditional-mask samples (scene-default-v4), the context-causal
-# variant tuned from it the same way (scene-default-causal-v4; without v4: scene-default-causal), an fp16
-# pipeline folder with history guidance 2 (storyreel.pipelines.export), the quality benchmark on 50 held-out
+# variant tuned from it the same way (scene-default-causal-v4; without v4: scene-default-causal), the small
+# guide model of autoguidance (scene-default-guide; off by default in the pipeline), an fp16 pipeline folder with
+# history guidance 2 (4 in causal mode; storyreel.pipelines.export), the quality benchmark on 50 held-out
 # scripts and the generation timings. Each recipe stops at its train.max_minutes budget. Environment knobs:
 #   VAE_INIT=DIR      fine-tune the VAE from an earlier model folder instead of starting from scratch
-#   VAE_ARGS / SCENE_ARGS / CONTINUE_ARGS / DECODER_ARGS / V3_ARGS / V4_ARGS / CAUSAL_ARGS   extra "--set key=value" overrides
+#   VAE_ARGS / SCENE_ARGS / CONTINUE_ARGS / DECODER_ARGS / V3_ARGS / V4_ARGS / CAUSAL_ARGS / GUIDE_ARGS   extra "--set key=value" overrides
 #   SKIP_CONTINUE=1   no v2 continuation (v3 then continues scene-default)
 #   SKIP_V3=1         stop at v2: no decoder fine-tune, no v3 or v4 continuation, no history guidance
 #   SKIP_V4=1         stop at v3
+#   SKIP_GUIDE=1      no guide model (the pipeline then has no autoguidance)
 #   SKIP_BENCH=1      stop after the export
 set -euo pipefail
 OUT=${1:-outputs/pipeline-default}
@@ -62,14 +64,23 @@ if [ -z "${SKIP_V3:-}" ] && [ -z "${SKIP_V4:-}" ]; then
       --set "model.init_from=$SCENE_RUN/model" --set "model.autoencoder_path=$AE" ${V4_ARGS:-}
   SCENE_RUN=outputs/train/scene-default-v4
   CAUSAL=scene-default-causal-v4
+  HG+=(--history-guidance-causal 4)
 fi
 stamp "$CAUSAL"
 # shellcheck disable=SC2086
 $PY -m storyreel.train configs/$CAUSAL.yaml --set output.progress=false --set "model.init_from=$SCENE_RUN/model" \
     --set "model.autoencoder_path=$AE" ${CAUSAL_ARGS:-}
+GUIDE=()
+if [ -z "${SKIP_GUIDE:-}" ]; then
+  stamp "scene-default-guide"
+  # shellcheck disable=SC2086
+  $PY -m storyreel.train configs/scene-default-guide.yaml --set output.progress=false \
+      --set "model.autoencoder_path=$AE" ${GUIDE_ARGS:-}
+  GUIDE=(--guide outputs/train/scene-default-guide/model)
+fi
 stamp "export -> $OUT"
 $PY -m storyreel.pipelines.export "$SCENE_RUN/model" --causal outputs/train/$CAUSAL/model \
-    --out "$OUT" --dtype float16 --name "${PIPELINE_NAME:-storyreel-default}" "${HG[@]}"
+    --out "$OUT" --dtype float16 --name "${PIPELINE_NAME:-storyreel-default}" "${HG[@]}" "${GUIDE[@]}"
 if [ -z "${SKIP_BENCH:-}" ]; then
   dev=$($PY -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
   stamp "benchmarks on $dev"
