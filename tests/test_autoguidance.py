@@ -12,7 +12,7 @@ from storyreel.pipelines import GenerationError, ScenePipeline
 from storyreel.pipelines.scene import DEFAULT_PIPELINE_DIR, PipelineDefaults
 from storyreel.sampling.strategies import history_guided_segment_fn
 
-from test_pipeline import make_script
+from test_pipeline import debug_extra, make_script
 
 
 def _const(v, calls=None):
@@ -38,22 +38,11 @@ def test_autoguidance_term_over_segment_functions():
     assert all(torch.all(o == 5.0 + 2.0 * (5.0 - 2.0)) for o in out)
 
 
-def _guide_for(pipe: ScenePipeline, seed: int = 1) -> MultiShotMMDiT:
-    """A random debug model shaped like ``pipe``'s scene model (different weights: a 'weaker' model)."""
-    torch.manual_seed(seed)
-    guide = MultiShotMMDiT(pipe.scene.config)
-    with torch.no_grad():
-        for p in guide.parameters():
-            if not bool(p.any()):
-                p.copy_(torch.randn(p.shape) * 0.05)
-    return guide
-
-
 @pytest.fixture(scope="module")
 def guided_pipe():
     pipe = ScenePipeline.debug(seed=0)
     base = copy.copy(pipe)  # the same models, without a guide
-    pipe.guide = _guide_for(pipe).eval().requires_grad_(False)
+    pipe.guide = ScenePipeline.debug(seed=1, causal=False).scene  # same shape, other weights: a 'weaker' model
     return pipe, base
 
 
@@ -122,8 +111,7 @@ def test_export_adds_a_guide(tmp_path):
     from storyreel.pipelines.export import main as export_main
 
     cfg = get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3)
-    extra = {"text_encoder": "hashing", "text_encoder_kwargs": {"dim": 64}, "text_len": 8, "autoencoder": "patch",
-             "autoencoder_kwargs": {"patch": [1, 2, 2]}, "latent_scale": 1.0, "global_prompt": True, "frames": 4}
+    extra = debug_extra()
     torch.manual_seed(0)
     MultiShotMMDiT(cfg).save_pretrained(tmp_path / "scene", extra=extra)
     MultiShotMMDiT(cfg).save_pretrained(tmp_path / "guide", extra=extra)

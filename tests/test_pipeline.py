@@ -28,6 +28,14 @@ PROMPTS = [
 ]
 
 
+def debug_extra(**changes):
+    """The training facts (``config.json`` ``_extra``) of a debug scene model on the hashing encoder and patch
+    autoencoder, with ``changes`` applied."""
+    return {"text_encoder": "hashing", "text_encoder_kwargs": {"dim": 64}, "text_len": 8, "autoencoder": "patch",
+            "autoencoder_kwargs": {"patch": [1, 2, 2]}, "latent_scale": 1.0, "global_prompt": True, "frames": 4,
+            **changes}
+
+
 def make_script(n=4, *, frames=3, seed=3, mode=None, cuts=None, history=None, resolution=(16, 16), shot_frames=None,
                 prompts=None, **settings):
     shots = []
@@ -362,8 +370,7 @@ def test_shared_causal_serves_causal_mode_with_the_scene_weights(tmp_path, pipe)
 def test_export_shared_causal_needs_causal_training(tmp_path):
     from storyreel.pipelines.export import main as export_main
 
-    extra = {"text_encoder": "hashing", "text_encoder_kwargs": {"dim": 64}, "text_len": 8, "autoencoder": "patch",
-             "autoencoder_kwargs": {"patch": [1, 2, 2]}, "latent_scale": 1.0, "global_prompt": True, "frames": 3}
+    extra = debug_extra(frames=3)
     cfg = get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3)
     MultiShotMMDiT(cfg).save_pretrained(tmp_path / "bidir", extra={**extra, "causal_prob": 0.0})
     with pytest.raises(GenerationError, match=r"trained without context-causal batches.*train.causal_prob=0.3"):
@@ -420,8 +427,7 @@ def test_export_can_ship_a_decoder_only_fine_tune_and_refuses_another_encoder(tm
 def test_pipeline_from_training_export(tmp_path):
     cfg = get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3)
     model = MultiShotMMDiT(cfg)
-    extra = {"text_encoder": "hashing", "text_encoder_kwargs": {"dim": 64}, "text_len": 8, "autoencoder": "patch",
-             "autoencoder_kwargs": {"patch": [1, 2, 2]}, "latent_scale": 1.0, "global_prompt": False, "frames": 4}
+    extra = debug_extra(global_prompt=False)
     model.save_pretrained(tmp_path / "model", extra=extra)
     pipe = ScenePipeline.from_pretrained(tmp_path / "model")
     assert not pipe.global_prompt and pipe.causal is None and pipe.trained["frames"] == 4
@@ -436,8 +442,7 @@ def test_export_stores_half_precision_weights_that_load_back(tmp_path):
 
     cfg = get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3)
     torch.manual_seed(0)
-    extra = {"text_encoder": "hashing", "text_encoder_kwargs": {"dim": 64}, "text_len": 8, "autoencoder": "patch",
-             "autoencoder_kwargs": {"patch": [1, 2, 2]}, "latent_scale": 1.0, "global_prompt": True, "frames": 4}
+    extra = debug_extra()
     MultiShotMMDiT(cfg).save_pretrained(tmp_path / "scene", extra=extra)
     MultiShotMMDiT(get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3, attn_policy="causal_shots")
                    ).save_pretrained(tmp_path / "causal", extra=extra)
@@ -575,9 +580,7 @@ def test_character_expansion_follows_the_training_export(tmp_path):
     the pipeline folder records it, and the prompt the model saw is in the shot's metadata."""
     cfg = get_model_config("debug", in_channels=12, text_dim=64, text_len=8, max_shots=3)
     torch.manual_seed(0)
-    extra = {"text_encoder": "hashing", "text_encoder_kwargs": {"dim": 64}, "text_len": 8, "autoencoder": "patch",
-             "autoencoder_kwargs": {"patch": [1, 2, 2]}, "latent_scale": 1.0, "global_prompt": True, "frames": 4,
-             "expand_characters": True}
+    extra = debug_extra(expand_characters=True)
     MultiShotMMDiT(cfg).save_pretrained(tmp_path / "model", extra=extra)
     pipe = ScenePipeline.from_pretrained(tmp_path / "model")
     assert pipe.expand_characters
